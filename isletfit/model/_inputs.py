@@ -1,0 +1,213 @@
+"""Exogenous inputs of one window: meals, insulin boluses and basal insulin rates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, ArrayLike, Float
+
+__all__ = ["PMOL_PER_U", "Inputs"]
+
+#: Insulin: 1 U = 6000 pmol (UVA/Padova convention; Dalla Man et al. 2007).
+PMOL_PER_U = 6000.0
+_MG_PER_G = 1000.0
+_MIN_PER_H = 60.0
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _events(
+    name_t: str, times, name_v: str, values, unit: str, *, allow_inf: bool = True
+) -> tuple[Array, Array]:
+    """Validate one event series (1-D, same length, sorted, finite, non-negative)."""
+    t = jnp.asarray(times if times is not None else [], dtype=float)
+    v = jnp.asarray(values if values is not None else [], dtype=float)
+    if t.ndim != 1:
+        raise ValueError(f"Inputs.{name_t} must be 1-D [min], got shape {t.shape}")
+    if v.ndim != 1:
+        raise ValueError(f"Inputs.{name_v} must be 1-D [{unit}], got shape {v.shape}")
+    if t.shape != v.shape:
+        raise ValueError(
+            f"Inputs.{name_t} and Inputs.{name_v} must have the same length, got "
+            f"{t.shape[0]} and {v.shape[0]}"
+        )
+    if _is_concrete(t) and _is_concrete(v):
+        tn, vn = np.asarray(t), np.asarray(v)
+        if np.isnan(tn).any() or (np.isinf(tn) & ((tn < 0) | (vn != 0))).any():
+            i = int(np.flatnonzero(np.isnan(tn) | np.isinf(tn))[0])
+            raise ValueError(
+                f"Inputs.{name_t}[{i}] is {tn[i]}: times must be finite [min] (+inf is "
+                "allowed only as padding with a zero amount)"
+            )
+        if not allow_inf and np.isinf(tn).any():
+            raise ValueError(f"Inputs.{name_t} must be finite [min]")
+        if (np.diff(tn) < 0).any():
+            i = int(np.flatnonzero(np.diff(tn) < 0)[0]) + 1
+            raise ValueError(
+                f"Inputs.{name_t} must be sorted ascending [min]; element {i} "
+                f"({tn[i]}) comes before element {i - 1} ({tn[i - 1]})"
+            )
+        if not np.isfinite(vn).all() or (vn < 0).any():
+            i = int(np.flatnonzero(~np.isfinite(vn) | (vn < 0))[0])
+            raise ValueError(
+                f"Inputs.{name_v}[{i}] is {vn[i]}: must be finite and >= 0 [{unit}]"
+            )
+    return t, v
+
+
+class Inputs(eqx.Module):
+    """Meals, insulin boluses and basal insulin of one window, in model units.
+
+    Construct from the units a clinic records (grams, units, units per hour) and the
+    body weight; the conversion to model units happens once, here:
+    carbohydrate [g] -> [mg/kg], bolus [U] -> [pmol/kg], basal [U/h] -> [pmol/kg/min]
+    (1 U = 6000 pmol).
+
+    Meals and boluses are instantaneous events: a meal puts its carbohydrate into the
+    stomach and a bolus its insulin into the first subcutaneous compartment at exactly
+    its time (the solver steps onto every event). The basal rate is piecewise constant:
+    ``basal_u_per_h[k]`` holds from ``basal_times[k]`` until the next basal time, and the
+    rate before the first basal time is zero.
+
+    Event arrays may be padded for ``vmap`` with time ``+inf`` and amount ``0`` (see
+    `Inputs.stack`).
+
+    Args:
+        weight_kg: Body weight [kg].
+        meal_times: Meal times [min] (ascending).
+        meal_carbs_g: Carbohydrate of each meal [g].
+        bolus_times: Bolus times [min] (ascending).
+        bolus_u: Bolus doses [U].
+        basal_times: Start times of the basal segments [min] (ascending).
+        basal_u_per_h: Basal rate of each segment [U/h].
+
+    Raises:
+        ValueError: A field is not 1-D, lengths differ, times are unsorted or NaN, or an
+            amount is negative; the message names the field.
+
+    Attributes:
+        meal_t: Meal times [min].
+        meal: Meal carbohydrate [mg/kg].
+        bolus_t: Bolus times [min].
+        bolus: Bolus insulin [pmol/kg].
+        basal_t: Basal segment start times [min].
+        basal: Basal rates [pmol/kg/min].
+        weight_kg: Body weight used for the conversion [kg].
+    """
+
+    meal_t: Float[Array, " meals"]
+    meal: Float[Array, " meals"]
+    bolus_t: Float[Array, " boluses"]
+    bolus: Float[Array, " boluses"]
+    basal_t: Float[Array, " segments"]
+    basal: Float[Array, " segments"]
+    weight_kg: Float[Array, ""]
+
+    def __init__(
+        self,
+        *,
+        weight_kg: float | ArrayLike,
+        meal_times: ArrayLike | Sequence[float] = (),
+        meal_carbs_g: ArrayLike | Sequence[float] = (),
+        bolus_times: ArrayLike | Sequence[float] = (),
+        bolus_u: ArrayLike | Sequence[float] = (),
+        basal_times: ArrayLike | Sequence[float] = (),
+        basal_u_per_h: ArrayLike | Sequence[float] = (),
+    ):
+        w = jnp.asarray(weight_kg, dtype=float)
+        if w.ndim != 0:
+            raise ValueError(f"Inputs.weight_kg must be a scalar [kg], got {w.shape}")
+        if _is_concrete(w) and not (np.isfinite(w) and float(w) > 0):
+            raise ValueError(f"Inputs.weight_kg must be > 0 [kg], got {float(w)}")
+        mt, mg = _events("meal_times", meal_times, "meal_carbs_g", meal_carbs_g, "g")
+        bt, bu = _events("bolus_times", bolus_times, "bolus_u", bolus_u, "U")
+        st, su = _events("basal_times", basal_times, "basal_u_per_h", basal_u_per_h, "U/h")
+        self.meal_t = mt
+        self.meal = mg * _MG_PER_G / w
+        self.bolus_t = bt
+        self.bolus = bu * PMOL_PER_U / w
+        self.basal_t = st
+        self.basal = su * PMOL_PER_U / _MIN_PER_H / w
+        self.weight_kg = w
+
+    # ------------------------------------------------------------------ evaluation
+    def basal_rate(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """Basal insulin rate in effect at time ``t`` [pmol/kg/min] (0 before the first)."""
+        rates = jnp.concatenate([jnp.zeros((1,), self.basal.dtype), self.basal])
+        return rates[jnp.searchsorted(self.basal_t, t, side="right")]
+
+    def last_meal(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """Carbohydrate of the last meal at or before ``t`` [mg/kg] (0 before any)."""
+        meals = jnp.concatenate([jnp.zeros((1,), self.meal.dtype), self.meal])
+        return meals[jnp.searchsorted(self.meal_t, t, side="right")]
+
+    def doses_between(
+        self, t_start: Float[ArrayLike, ""], t: Float[ArrayLike, ""]
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """Meal [mg/kg] and bolus [pmol/kg] given at times in ``[t_start, t]``."""
+
+        def cum(times, amounts):
+            c = jnp.concatenate([jnp.zeros((1,), amounts.dtype), jnp.cumsum(amounts)])
+            hi = jnp.searchsorted(times, t, side="right")
+            lo = jnp.searchsorted(times, t_start, side="left")
+            return jnp.where(hi > lo, c[hi] - c[lo], 0.0)
+
+        return cum(self.meal_t, self.meal), cum(self.bolus_t, self.bolus)
+
+    def event_times(self) -> Float[Array, " events"]:
+        """All times where the inputs jump (meals, boluses, basal changes), sorted [min]."""
+        return jnp.sort(jnp.concatenate([self.meal_t, self.bolus_t, self.basal_t]))
+
+    def total_insulin_u(
+        self, t0: Float[ArrayLike, ""], t1: Float[ArrayLike, ""]
+    ) -> Float[Array, ""]:
+        """Exogenous insulin delivered in ``[t0, t1)`` [U] (boluses plus basal)."""
+        in_window = (self.bolus_t >= t0) & (self.bolus_t < t1)
+        bolus = jnp.sum(jnp.where(in_window, self.bolus, 0.0))
+        ends = jnp.concatenate([self.basal_t[1:], jnp.full((1,), jnp.inf)])
+        overlap = jnp.clip(jnp.minimum(ends, t1) - jnp.maximum(self.basal_t, t0), 0.0)
+        overlap = jnp.where(jnp.isfinite(self.basal_t), overlap, 0.0)
+        basal = jnp.sum(overlap * self.basal)
+        return (bolus + basal) * self.weight_kg / PMOL_PER_U
+
+    # ------------------------------------------------------------------ batching
+    @staticmethod
+    def stack(inputs: Sequence[Inputs]) -> Inputs:
+        """Stack windows along a new leading axis, padding events with (+inf, 0).
+
+        Args:
+            inputs: Windows to stack (any numbers of events).
+
+        Returns:
+            One `Inputs` whose leaves have shape ``[windows, max_events]``.
+        """
+        if len(inputs) == 0:
+            raise ValueError("Inputs.stack needs at least one Inputs")
+
+        def pad(name, fill):
+            arrays = [getattr(x, name) for x in inputs]
+            n = max(a.shape[-1] for a in arrays)
+            return jnp.stack(
+                [jnp.pad(a, (0, n - a.shape[-1]), constant_values=fill) for a in arrays]
+            )
+
+        out = eqx.tree_at(
+            lambda x: x.weight_kg, inputs[0], jnp.stack([x.weight_kg for x in inputs])
+        )
+        for name, fill in [
+            ("meal_t", jnp.inf),
+            ("meal", 0.0),
+            ("bolus_t", jnp.inf),
+            ("bolus", 0.0),
+            ("basal_t", jnp.inf),
+            ("basal", 0.0),
+        ]:
+            out = eqx.tree_at(lambda x, name=name: getattr(x, name), out, pad(name, fill))
+        return out

@@ -1,0 +1,169 @@
+"""Simulate one window of the fast subsystem with diffrax."""
+
+from __future__ import annotations
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, ArrayLike, Float, Int
+from ._inputs import Inputs
+from ._params import Params
+from ._physiology import vector_field
+from ._state import State
+from ._steady_state import steady_state
+
+__all__ = ["Simulation", "default_controller", "fixed_step_controller", "simulate"]
+
+
+class Simulation(eqx.Module):
+    """The output of `simulate` for one window (add leading axes when batched).
+
+    Attributes:
+        ts: Output times [min].
+        state: All compartments at ``ts`` (after any event at exactly that time).
+        glucose: Plasma glucose G = Gp/VG [mg/dL].
+        cgm: Interstitial glucose, what a CGM senses before its own error [mg/dL].
+        insulin: Plasma insulin I = Ip/VI [pmol/L].
+        result: The solver's result code (``diffrax.RESULTS``); check
+            ``result == diffrax.RESULTS.successful``. Solves never raise, so one failed
+            window in a ``vmap`` batch does not stop the others; outputs of a failed
+            solve are not meaningful.
+        num_steps: Accepted plus rejected solver steps.
+    """
+
+    ts: Float[Array, " times"]
+    state: State
+    glucose: Float[Array, " times"]
+    cgm: Float[Array, " times"]
+    insulin: Float[Array, " times"]
+    result: dfx.RESULTS
+    num_steps: Int[Array, ""]
+
+    @property
+    def successful(self) -> jax.Array:
+        """Boolean (array): True where the solve succeeded."""
+        return self.result == dfx.RESULTS.successful
+
+
+def default_controller() -> dfx.PIDController:
+    """The default adaptive step-size controller (rtol = atol = 1e-6)."""
+    return dfx.PIDController(rtol=1e-6, atol=1e-6)
+
+
+def fixed_step_controller(dt: float) -> dfx.PIDController:
+    """Fixed steps of ``dt`` minutes that still land exactly on every input event.
+
+    A PID controller with infinite tolerance always accepts and grows its step to
+    ``dtmax``; `simulate` clips it onto meal, bolus and basal times. Use with
+    ``dt0=dt`` for speed when a known accuracy suffices (see benchmarks/simulate.py).
+
+    Args:
+        dt: Step [min].
+    """
+    return dfx.PIDController(rtol=1e12, atol=1e12, dtmax=dt)
+
+
+def _shifted_field(t, ytilde: State, args):
+    """Vector field of the shifted state y~ = y - (doses given in [t0, t]).
+
+    Meals and boluses are impulses on qsto1 and isc1. Between events y and y~ have the
+    same derivative, and y~ is continuous across events, so one adaptive solve with
+    jump times at the events integrates the impulsive system exactly.
+    """
+    params, inputs, b, t0 = args
+    meal, bolus = inputs.doses_between(t0, t)
+    y = eqx.tree_at(
+        lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
+    )
+    return vector_field(t, y, (params, inputs, b))
+
+
+def simulate(
+    params: Params,
+    inputs: Inputs,
+    ts: Float[ArrayLike, " times"],
+    *,
+    b: Float[ArrayLike, ""] = 0.0,
+    y0: State | None = None,
+    t0: Float[ArrayLike, ""] | None = None,
+    solver: dfx.AbstractSolver = dfx.Tsit5(),
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+    dt0: float | None = None,
+    max_steps: int = 65536,
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(),
+) -> Simulation:
+    """Simulate one window of the fast subsystem and return the states at ``ts``.
+
+    Meals and boluses are instantaneous doses at their exact times: the solver steps to
+    just before and restarts just after every event (``jump_ts``), so nothing is smeared
+    and adaptive steps are not wasted locating discontinuities. Events before ``t0`` are
+    ignored except the basal rate in effect at ``t0``.
+
+    Args:
+        params: Model parameters (scalar leaves; ``vmap`` for a population).
+        inputs: Meals, boluses and basal rates of the window (times in minutes).
+        ts: Output times [min], ascending.
+        b: Graft functional capacity B [fraction of a healthy adult's], constant over the
+            window.
+        y0: State at ``t0`` before any event at ``t0``. Default: the fasting steady state
+            for ``b`` and the basal rate in effect at ``t0``.
+        t0: Start time [min]; default ``ts[0]``.
+        solver: A diffrax solver, e.g. ``diffrax.Tsit5()`` or ``diffrax.Kvaerno5()``.
+        stepsize_controller: A diffrax step-size controller. Adaptive controllers are
+            wrapped so that they step onto input events; default `default_controller`.
+        dt0: Initial step [min] (required by constant-step controllers).
+        max_steps: Maximum number of solver steps.
+        adjoint: How to differentiate through the solve (``diffrax.ForwardMode()`` for
+            forward-mode Jacobians).
+
+    Returns:
+        A `Simulation`. The solve never raises (``throw=False``); inspect ``result``.
+    """
+    ts = jnp.asarray(ts, dtype=jnp.result_type(params.vg, float))
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"simulate: ts must be a non-empty 1-D array [min], got {ts.shape}")
+    t0 = ts[0] if t0 is None else jnp.asarray(t0, ts.dtype)
+    t1 = ts[-1]
+    b = jnp.asarray(b, ts.dtype)
+    if y0 is None:
+        y0 = steady_state(params, b=b, basal=inputs.basal_rate(t0))
+    if stepsize_controller is None:
+        stepsize_controller = default_controller()
+    if isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController) and not (
+        isinstance(stepsize_controller, dfx.ClipStepSizeController)
+    ):
+        events = inputs.event_times()
+        if events.shape[0] > 0:
+            stepsize_controller = dfx.ClipStepSizeController(
+                stepsize_controller, jump_ts=events
+            )
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(_shifted_field),
+        solver,
+        t0=t0,
+        t1=jnp.maximum(t1, t0),
+        dt0=dt0,
+        y0=y0,
+        args=(params, inputs, b, t0),
+        saveat=dfx.SaveAt(ts=ts),
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
+    )
+    meal, bolus = jax.vmap(lambda t: inputs.doses_between(t0, t))(ts)
+    ytilde = sol.ys
+    state = eqx.tree_at(
+        lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
+    )
+    return Simulation(
+        ts=ts,
+        state=state,
+        glucose=state.gp / params.vg,
+        cgm=state.gs,
+        insulin=state.ip / params.vi,
+        result=sol.result,
+        num_steps=sol.stats["num_steps"],
+    )
