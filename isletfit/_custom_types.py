@@ -2,7 +2,16 @@
 
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-__all__ = ["Array", "ArrayLike", "Bool", "Float", "Int", "PRNGKeyArray", "Scalar", "ScalarLike"]
+__all__ = [
+    "Array",
+    "ArrayLike",
+    "Bool",
+    "Float",
+    "Int",
+    "PRNGKeyArray",
+    "Scalar",
+    "ScalarLike",
+]
 
 Scalar = Float[Array, ""]
 ScalarLike = float | Float[ArrayLike, ""]

@@ -19,6 +19,7 @@ def tree_allclose(x, y, *, rtol=RTOL, atol=ATOL) -> bool:
     if xs != ys:
         return False
     return all(
-        np.shape(a) == np.shape(b) and bool(jnp.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
-        for a, b in zip(xl, yl)
+        np.shape(a) == np.shape(b)
+        and bool(jnp.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+        for a, b in zip(xl, yl, strict=True)
     )

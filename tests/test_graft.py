@@ -39,7 +39,9 @@ def test_topp_fixed_points():
 def test_topp_timescales_at_the_physiological_point():
     """Eigenvalues -422, -18.7, -0.0142 /day: 3.4 min, 77 min, 70 days."""
     tp = ToppParams()
-    jac = jax.jacfwd(lambda y: tp.vector_field(0.0, y))(tp.fixed_points()["physiological"])
+    jac = jax.jacfwd(lambda y: tp.vector_field(0.0, y))(
+        tp.fixed_points()["physiological"]
+    )
     eig = np.sort(np.linalg.eigvals(np.asarray(jac)).real)
     np.testing.assert_allclose(eig, [-421.97, -18.659, -0.014222], rtol=1e-3)
     jac_s = jax.jacfwd(lambda y: tp.vector_field(0.0, y))(tp.fixed_points()["saddle"])
@@ -49,12 +51,19 @@ def test_topp_timescales_at_the_physiological_point():
 def test_slow_model_in_topp_configuration_reproduces_its_fixed_points():
     tp = ToppParams()
     assert jnp.isclose(tp.quasi_steady_glucose(300.0), 100.0, rtol=1e-10)
-    assert jnp.isclose(tp.quasi_steady_glucose(tp.fixed_points()["saddle"][2]), 250.0, rtol=1e-8)
-    assert float(topp_turnover(100.0, tp.d0, tp.r1, tp.r2)) == pytest.approx(0.0, abs=1e-15)
+    assert jnp.isclose(
+        tp.quasi_steady_glucose(tp.fixed_points()["saddle"][2]), 250.0, rtol=1e-8
+    )
+    assert float(topp_turnover(100.0, tp.d0, tp.r1, tp.r2)) == pytest.approx(
+        0.0, abs=1e-15
+    )
 
     def topp_graft(beta0):
         return MechanisticGraft(
-            infusion_day=0.0, engrafted=beta0, initial_maturation=1.0, feedback=ToppGlucose(tp)
+            infusion_day=0.0,
+            engrafted=beta0,
+            initial_maturation=1.0,
+            feedback=ToppGlucose(tp),
         )
 
     days = jnp.array([0.0, 500.0, 3000.0])
@@ -74,8 +83,12 @@ def test_slow_model_in_topp_configuration_reproduces_its_fixed_points():
 def test_mechanistic_graft_matches_closed_form_without_turnover():
     """m = m0 e^{-k (t - ti)}; phi = 1 - exp(-(w/tau)[softplus((t-ti-lag)/w) - softplus(-lag/w)])."""
     g = MechanisticGraft(
-        infusion_day=20.0, engrafted=0.8, onset_lag=30.0, onset_width=6.0,
-        tau_maturation=50.0, loss_rate=0.001,
+        infusion_day=20.0,
+        engrafted=0.8,
+        onset_lag=30.0,
+        onset_width=6.0,
+        tau_maturation=50.0,
+        loss_rate=0.001,
     )
     days = jnp.array([0.0, 19.9, 20.0, 35.0, 60.0, 120.0, 365.0])
     b = g(days)
@@ -90,7 +103,9 @@ def test_mechanistic_graft_matches_closed_form_without_turnover():
 def test_mechanistic_graft_accepts_unsorted_days_and_is_differentiable():
     g = MechanisticGraft(infusion_day=0.0, engrafted=1.0)
     days = jnp.array([200.0, 10.0, 90.0])
-    np.testing.assert_allclose(g(days), g(jnp.sort(days))[jnp.array([2, 0, 1])], rtol=1e-12)
+    np.testing.assert_allclose(
+        g(days), g(jnp.sort(days))[jnp.array([2, 0, 1])], rtol=1e-12
+    )
 
     def b_at_90(tau):
         return MechanisticGraft(infusion_day=0.0, engrafted=1.0, tau_maturation=tau)(
@@ -106,8 +121,15 @@ def test_glucose_dependent_turnover_with_the_fast_model():
     """Topp turnover on the fast model: a graft grows while fasting glucose is above the
     100 mg/dL zero-growth point and shrinks below it, towards that point."""
     p = Params()
-    kw = dict(infusion_day=0.0, initial_maturation=1.0, feedback=FastModelGlucose(p, basal=0.0))
-    small, large = MechanisticGraft(engrafted=0.3, **kw), MechanisticGraft(engrafted=2.0, **kw)
+    kw = dict(
+        infusion_day=0.0,
+        initial_maturation=1.0,
+        feedback=FastModelGlucose(p, basal=0.0),
+    )
+    small, large = (
+        MechanisticGraft(engrafted=0.3, **kw),
+        MechanisticGraft(engrafted=2.0, **kw),
+    )
     days = jnp.array([0.0, 2000.0])
     b_small, b_large = small(days), large(days)
     assert b_small[1] > b_small[0] and b_large[1] < b_large[0]
@@ -121,11 +143,16 @@ def test_glucose_dependent_turnover_with_the_fast_model():
 # ----------------------------------------------------------------- flexible graft
 def test_flexible_graft_interpolates_log_b_and_respects_infusion():
     g = FlexibleGraft(
-        knot_days=jnp.array([0.0, 10.0, 20.0]), log_b=jnp.log(jnp.array([0.1, 0.4, 0.4])),
+        knot_days=jnp.array([0.0, 10.0, 20.0]),
+        log_b=jnp.log(jnp.array([0.1, 0.4, 0.4])),
         infusion_day=5.0,
     )
     b = g(jnp.array([-1.0, 4.9, 5.0, 15.0, 30.0]))
-    np.testing.assert_allclose(b, [0.0, 0.0, np.exp(0.5 * np.log(0.1) + 0.5 * np.log(0.4)), 0.4, 0.4], rtol=1e-12)
+    np.testing.assert_allclose(
+        b,
+        [0.0, 0.0, np.exp(0.5 * np.log(0.1) + 0.5 * np.log(0.4)), 0.4, 0.4],
+        rtol=1e-12,
+    )
 
 
 def test_flexible_graft_random_walk_prior_closed_form():
@@ -154,11 +181,17 @@ def test_followup_windows_equal_separate_simulations():
     days = 60
     times = [d * 1440.0 + h * 60.0 for d in range(days) for h in (7, 12, 18)]
     inputs = Inputs(
-        weight_kg=70.0, meal_times=times, meal_carbs_g=[50.0] * len(times),
-        bolus_times=times, bolus_u=[3.0] * len(times),
-        basal_times=[0.0, 30 * 1440.0], basal_u_per_h=[0.9, 0.4],
+        weight_kg=70.0,
+        meal_times=times,
+        meal_carbs_g=[50.0] * len(times),
+        bolus_times=times,
+        bolus_u=[3.0] * len(times),
+        basal_times=[0.0, 30 * 1440.0],
+        basal_u_per_h=[0.9, 0.4],
     )
-    graft = MechanisticGraft(infusion_day=10.0, engrafted=0.9, onset_lag=10.0, tau_maturation=20.0)
+    graft = MechanisticGraft(
+        infusion_day=10.0, engrafted=0.9, onset_lag=10.0, tau_maturation=20.0
+    )
     window_days = jnp.array([0.0, 20.0, 45.0])
     ts = day_windows(window_days, step_min=15.0)
     ctrl = dict(stepsize_controller=fixed_step_controller(1.0), dt0=1.0)

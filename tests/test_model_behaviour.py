@@ -76,7 +76,9 @@ def test_type_1_diabetes_without_insulin_exceeds_300_within_a_day():
 def test_graft_restores_glucose_and_removes_the_need_for_insulin():
     p = Params()
     assert float(steady_state_glucose(p, b=0.0)) > 300.0
-    assert float(steady_state_glucose(p, b=0.5)) < 126.0  # below the diabetic fasting cut-off
+    assert (
+        float(steady_state_glucose(p, b=0.5)) < 126.0
+    )  # below the diabetic fasting cut-off
     # counter-regulation: with a graft, an insulin overdose is defended better
     inputs = Inputs(weight_kg=WEIGHT, bolus_times=[0.0], bolus_u=[8.0])
     ts = jnp.arange(0.0, 8 * 60.0 + 1, 5.0)

@@ -4,10 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 import scipy.linalg
+from model_fixtures import TIGHT, WEIGHT
 
 from isletfit.model import PMOL_PER_U, Inputs, Params, State, simulate, steady_state
-
-from model_fixtures import TIGHT, WEIGHT
 
 
 def test_subcutaneous_insulin_after_one_bolus():
@@ -44,7 +43,9 @@ def test_insulin_kinetics_after_one_bolus_matches_matrix_exponential():
     )
     x0 = np.array([5.0 * PMOL_PER_U / WEIGHT, 0.0, 0.0, 0.0])
     want = np.stack([scipy.linalg.expm(a * t) @ x0 for t in np.asarray(ts)])
-    got = np.stack([sim.state.isc1, sim.state.isc2, sim.state.ip, sim.state.il], axis=-1)
+    got = np.stack(
+        [sim.state.isc1, sim.state.isc2, sim.state.ip, sim.state.il], axis=-1
+    )
     np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
@@ -58,15 +59,31 @@ def test_glucose_decay_with_insulin_action_frozen():
     ku = 0.01  # [1/min] linear uptake rate (vm0 + vmx·X)/Km0
     x_frozen = 100.0  # [pmol/L]
     p = Params().replace(
-        p2u=0.0, ki=0.0, km0=km, vm0=0.5 * ku * km, vmx=0.5 * ku * km / x_frozen,
-        g_ii=1e-6, ke1=0.0,
+        p2u=0.0,
+        ki=0.0,
+        km0=km,
+        vm0=0.5 * ku * km,
+        vmx=0.5 * ku * km / x_frozen,
+        g_ii=1e-6,
+        ke1=0.0,
     )
     g0 = 300.0
     zero = jnp.asarray(0.0)
     y0 = State(
-        qsto1=zero, qsto2=zero, qgut=zero, isc1=zero, isc2=zero, ip=zero, il=zero,
-        x=jnp.asarray(x_frozen), i1=jnp.asarray(x_frozen), id=jnp.asarray(x_frozen),
-        gp=jnp.asarray(g0 * float(p.vg)), gt=jnp.asarray(150.0), y=zero, gs=jnp.asarray(g0),
+        qsto1=zero,
+        qsto2=zero,
+        qgut=zero,
+        isc1=zero,
+        isc2=zero,
+        ip=zero,
+        il=zero,
+        x=jnp.asarray(x_frozen),
+        i1=jnp.asarray(x_frozen),
+        id=jnp.asarray(x_frozen),
+        gp=jnp.asarray(g0 * float(p.vg)),
+        gt=jnp.asarray(150.0),
+        y=zero,
+        gs=jnp.asarray(g0),
     )
     ts = jnp.linspace(0.0, 720.0, 73)
     sim = simulate(p, Inputs(weight_kg=WEIGHT), ts, y0=y0, stepsize_controller=TIGHT)
@@ -75,7 +92,9 @@ def test_glucose_decay_with_insulin_action_frozen():
     c = np.array([float(p.kp1 - p.kp3 * x_frozen - p.fsnc), 0.0])
     y_star = np.linalg.solve(a, -c)
     y_init = np.array([float(y0.gp), float(y0.gt)])
-    want = np.stack([y_star + scipy.linalg.expm(a * t) @ (y_init - y_star) for t in np.asarray(ts)])
+    want = np.stack(
+        [y_star + scipy.linalg.expm(a * t) @ (y_init - y_star) for t in np.asarray(ts)]
+    )
     got = np.stack([sim.state.gp, sim.state.gt], axis=-1)
     assert want[-1, 0] < 0.8 * want[0, 0]  # glucose does decay in this configuration
     np.testing.assert_allclose(got, want, rtol=1e-7)
@@ -101,7 +120,13 @@ def test_doses_land_exactly_at_their_times():
     """A bolus raises Isc1 by exactly its dose at its time: no smearing."""
     p = Params()
     t_b = 123.456
-    inputs = Inputs(weight_kg=WEIGHT, bolus_times=[t_b], bolus_u=[3.0], meal_times=[t_b], meal_carbs_g=[30.0])
+    inputs = Inputs(
+        weight_kg=WEIGHT,
+        bolus_times=[t_b],
+        bolus_u=[3.0],
+        meal_times=[t_b],
+        meal_carbs_g=[30.0],
+    )
     before = jnp.nextafter(jnp.asarray(t_b), jnp.asarray(0.0))
     ts = jnp.array([0.0, float(before), t_b, t_b + 1e-9])
     sim = simulate(p, inputs, ts, y0=steady_state(p), stepsize_controller=TIGHT)

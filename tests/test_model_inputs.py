@@ -59,7 +59,9 @@ def test_bad_inputs_raise_value_error_naming_the_field(kwargs, field):
         Inputs(**kwargs)
 
 
-@pytest.mark.parametrize("name,value", [("vmx", -0.01), ("kp1", float("nan")), ("vg", [1.0, 2.0])])
+@pytest.mark.parametrize(
+    "name,value", [("vmx", -0.01), ("kp1", float("nan")), ("vg", [1.0, 2.0])]
+)
 def test_bad_params_raise_value_error_naming_the_field(name, value):
     with pytest.raises(ValueError, match=name):
         Params().replace(**{name: value})

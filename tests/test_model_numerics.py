@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_fixtures import TIGHT, WEIGHT, day_grid, one_day_inputs
 
 from isletfit.model import (
     Inputs,
@@ -16,8 +17,6 @@ from isletfit.model import (
     simulate,
     stack_params,
 )
-
-from model_fixtures import TIGHT, WEIGHT, day_grid, one_day_inputs
 
 
 def test_states_stay_non_negative_under_extreme_inputs():
@@ -32,12 +31,20 @@ def test_states_stay_non_negative_under_extreme_inputs():
         basal_u_per_h=[3.0],
     )
     for b in [0.0, 1.0]:
-        sim = simulate(p, inputs, jnp.arange(0.0, 2 * 1440.0, 2.0), b=b, stepsize_controller=TIGHT,
-                       max_steps=10**6)
+        sim = simulate(
+            p,
+            inputs,
+            jnp.arange(0.0, 2 * 1440.0, 2.0),
+            b=b,
+            stepsize_controller=TIGHT,
+            max_steps=10**6,
+        )
         assert sim.successful
         arr = sim.state.to_array()
         assert jnp.all(jnp.isfinite(arr))
-        assert jnp.min(arr) > -1e-9, State.names()[int(jnp.argmin(jnp.min(arr, axis=0)))]
+        assert jnp.min(arr) > -1e-9, State.names()[
+            int(jnp.argmin(jnp.min(arr, axis=0)))
+        ]
         assert jnp.min(sim.glucose) > 0.0
 
 
@@ -45,11 +52,29 @@ def test_explicit_and_implicit_solvers_agree_at_tight_tolerance():
     p = Params()
     inputs = one_day_inputs()
     ts = day_grid()
-    a = simulate(p, inputs, ts, b=0.4, solver=dfx.Tsit5(), stepsize_controller=TIGHT, max_steps=10**6)
-    c = simulate(p, inputs, ts, b=0.4, solver=dfx.Kvaerno5(), stepsize_controller=TIGHT, max_steps=10**6)
+    a = simulate(
+        p,
+        inputs,
+        ts,
+        b=0.4,
+        solver=dfx.Tsit5(),
+        stepsize_controller=TIGHT,
+        max_steps=10**6,
+    )
+    c = simulate(
+        p,
+        inputs,
+        ts,
+        b=0.4,
+        solver=dfx.Kvaerno5(),
+        stepsize_controller=TIGHT,
+        max_steps=10**6,
+    )
     assert a.successful and c.successful
     np.testing.assert_allclose(a.cgm, c.cgm, rtol=1e-7)
-    np.testing.assert_allclose(a.state.to_array(), c.state.to_array(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        a.state.to_array(), c.state.to_array(), rtol=1e-6, atol=1e-8
+    )
 
 
 def test_default_tolerance_is_accurate_to_a_hundredth_of_a_mg_dl():
@@ -84,12 +109,15 @@ def test_jit_equals_eager(kw, rtol):
 def test_vmap_equals_python_loop_over_patients_and_grafts():
     inputs = one_day_inputs()
     ts = day_grid(10.0)
-    plist = [Params().replace(vmx=v, kp1=k) for v, k in [(0.03, 5.0), (0.047, 5.64), (0.08, 6.5)]]
+    plist = [
+        Params().replace(vmx=v, kp1=k)
+        for v, k in [(0.03, 5.0), (0.047, 5.64), (0.08, 6.5)]
+    ]
     bs = jnp.array([0.0, 0.5, 1.2])
     batched = jax.vmap(lambda p, b: simulate(p, inputs, ts, b=b, **FIXED))(
         stack_params(plist), bs
     )
-    for i, (p, b) in enumerate(zip(plist, bs)):
+    for i, (p, b) in enumerate(zip(plist, bs, strict=True)):
         single = simulate(p, inputs, ts, b=b, **FIXED)
         np.testing.assert_allclose(batched.cgm[i], single.cgm, rtol=1e-11)
     assert batched.successful.shape == (3,) and bool(jnp.all(batched.successful))
@@ -97,9 +125,20 @@ def test_vmap_equals_python_loop_over_patients_and_grafts():
 
 def test_vmap_over_padded_inputs_equals_loop():
     ts = day_grid(10.0)
-    a = Inputs(weight_kg=60.0, meal_times=[400.0], meal_carbs_g=[50.0], bolus_times=[400.0], bolus_u=[4.0])
-    b = Inputs(weight_kg=90.0, meal_times=[300.0, 700.0], meal_carbs_g=[30.0, 80.0],
-               basal_times=[0.0], basal_u_per_h=[1.1])
+    a = Inputs(
+        weight_kg=60.0,
+        meal_times=[400.0],
+        meal_carbs_g=[50.0],
+        bolus_times=[400.0],
+        bolus_u=[4.0],
+    )
+    b = Inputs(
+        weight_kg=90.0,
+        meal_times=[300.0, 700.0],
+        meal_carbs_g=[30.0, 80.0],
+        basal_times=[0.0],
+        basal_u_per_h=[1.1],
+    )
     stacked = Inputs.stack([a, b])
     assert stacked.meal_t.shape == (2, 2) and jnp.isinf(stacked.meal_t[0, 1])
     p = Params()
@@ -150,8 +189,14 @@ def test_gradient_of_cgm_loss_matches_central_differences_for_every_parameter(cg
     sens_ad, sens_fd = np.array(sens_ad), np.array(sens_fd)
     # relative sensitivities theta * dL/dtheta: eps = 1e-5 relative, rtol 1e-4, atol 1e-6 of the largest
     atol = 1e-6 * np.max(np.abs(sens_fd))
-    bad = [n for n, a, f in zip(names, sens_ad, sens_fd) if not np.isclose(a, f, rtol=1e-4, atol=atol)]
-    assert not bad, {n: (a, f) for n, a, f in zip(names, sens_ad, sens_fd) if n in bad}
+    bad = [
+        n
+        for n, a, f in zip(names, sens_ad, sens_fd, strict=True)
+        if not np.isclose(a, f, rtol=1e-4, atol=atol)
+    ]
+    assert not bad, {
+        n: (a, f) for n, a, f in zip(names, sens_ad, sens_fd, strict=True) if n in bad
+    }
     # the check is not vacuous: most parameters matter
     assert np.sum(np.abs(sens_fd) > 1e-3 * np.max(np.abs(sens_fd))) > 20
 
@@ -162,10 +207,16 @@ def test_forward_mode_jacobian_through_the_solver():
 
     def cgm(vmx_b):
         p = Params().replace(vmx=vmx_b[0])
-        return simulate(p, inputs, ts, b=vmx_b[1], adjoint=dfx.ForwardMode(), **FIXED).cgm
+        return simulate(
+            p, inputs, ts, b=vmx_b[1], adjoint=dfx.ForwardMode(), **FIXED
+        ).cgm
 
     x = jnp.array([0.047, 0.5])
     jac = jax.jacfwd(cgm)(x)
     eps = 1e-6
-    fd = jnp.stack([(cgm(x + eps * e) - cgm(x - eps * e)) / (2 * eps) for e in jnp.eye(2)], axis=1)
-    np.testing.assert_allclose(jac, fd, rtol=1e-6, atol=1e-8 * float(jnp.max(jnp.abs(fd))))
+    fd = jnp.stack(
+        [(cgm(x + eps * e) - cgm(x - eps * e)) / (2 * eps) for e in jnp.eye(2)], axis=1
+    )
+    np.testing.assert_allclose(
+        jac, fd, rtol=1e-6, atol=1e-8 * float(jnp.max(jnp.abs(fd)))
+    )

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from model_fixtures import TIGHT, WEIGHT
 
 from isletfit.model import (
     Inputs,
@@ -14,8 +15,6 @@ from isletfit.model import (
     vector_field,
 )
 
-from model_fixtures import TIGHT, WEIGHT
-
 
 @pytest.mark.parametrize(
     "b,basal_u_per_h", [(0.0, 0.0), (0.0, 1.2), (0.4, 0.5), (1.0, 0.0), (2.0, 0.3)]
@@ -25,9 +24,13 @@ def test_steady_state_matches_long_simulation(b, basal_u_per_h):
     inputs = Inputs(weight_kg=WEIGHT, basal_times=[0.0], basal_u_per_h=[basal_u_per_h])
     ss = steady_state(params, b=b, basal=inputs.basal_rate(0.0))
     # start far away: the steady state of a different graft and insulin, perturbed
-    start = steady_state(params, b=0.5 * b + 0.2, basal=0.5).map(lambda x: 1.3 * x + 1.0)
+    start = steady_state(params, b=0.5 * b + 0.2, basal=0.5).map(
+        lambda x: 1.3 * x + 1.0
+    )
     ts = jnp.array([0.0, 10 * 1440.0])
-    sim = simulate(params, inputs, ts, b=b, y0=start, stepsize_controller=TIGHT, max_steps=10**6)
+    sim = simulate(
+        params, inputs, ts, b=b, y0=start, stepsize_controller=TIGHT, max_steps=10**6
+    )
     assert sim.successful
     final = sim.state.map(lambda x: x[-1])
     for name in State.names():
@@ -38,7 +41,9 @@ def test_steady_state_matches_long_simulation(b, basal_u_per_h):
 @pytest.mark.parametrize("b,basal", [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.3, 0.7)])
 def test_steady_state_is_a_fixed_point_of_the_vector_field(b, basal):
     params = Params()
-    inputs = Inputs(weight_kg=WEIGHT, basal_times=[0.0], basal_u_per_h=[basal * 60 * WEIGHT / 6000])
+    inputs = Inputs(
+        weight_kg=WEIGHT, basal_times=[0.0], basal_u_per_h=[basal * 60 * WEIGHT / 6000]
+    )
     ss = steady_state(params, b=b, basal=basal)
     dy = vector_field(jnp.asarray(0.0), ss, (params, inputs, jnp.asarray(b)))
     scale = 1.0 + jnp.abs(ss.to_array())
@@ -48,7 +53,9 @@ def test_steady_state_is_a_fixed_point_of_the_vector_field(b, basal):
 def test_steady_state_glucose_is_monotone_in_graft_and_basal():
     params = Params()
     g_b = jax.vmap(lambda b: steady_state_glucose(params, b=b))(jnp.linspace(0, 2, 9))
-    g_u = jax.vmap(lambda u: steady_state_glucose(params, basal=u))(jnp.linspace(0, 2, 9))
+    g_u = jax.vmap(lambda u: steady_state_glucose(params, basal=u))(
+        jnp.linspace(0, 2, 9)
+    )
     assert jnp.all(jnp.diff(g_b) < 0) and jnp.all(jnp.diff(g_u) < 0)
 
 

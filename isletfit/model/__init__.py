@@ -21,6 +21,7 @@ from ._graft import MechanisticGraft as MechanisticGraft
 from ._graft import ToppGlucose as ToppGlucose
 from ._inputs import PMOL_PER_U as PMOL_PER_U
 from ._inputs import Inputs as Inputs
+from ._inputs import Schedule as Schedule
 from ._params import Params as Params
 from ._params import param_info as param_info
 from ._params import stack_params as stack_params
@@ -31,6 +32,7 @@ from ._simulate import default_controller as default_controller
 from ._simulate import fixed_step_controller as fixed_step_controller
 from ._simulate import simulate as simulate
 from ._state import State as State
+from ._steady_state import basal_for_fasting_glucose as basal_for_fasting_glucose
 from ._steady_state import steady_state as steady_state
 from ._steady_state import steady_state_glucose as steady_state_glucose
 from ._topp import ToppParams as ToppParams
@@ -46,10 +48,12 @@ __all__ = [
     "Inputs",
     "MechanisticGraft",
     "Params",
+    "Schedule",
     "Simulation",
     "State",
     "ToppGlucose",
     "ToppParams",
+    "basal_for_fasting_glucose",
     "day_windows",
     "default_controller",
     "fixed_step_controller",

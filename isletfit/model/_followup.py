@@ -19,7 +19,10 @@ MIN_PER_DAY = 1440.0
 
 
 def day_windows(
-    days: Float[ArrayLike, " windows"], *, step_min: float = 5.0, length_days: float = 1.0
+    days: Float[ArrayLike, " windows"],
+    *,
+    step_min: float = 5.0,
+    length_days: float = 1.0,
 ) -> Float[Array, "windows times"]:
     """Output grids for windows that start at midnight of each of ``days``.
 
@@ -32,7 +35,7 @@ def day_windows(
         Absolute output times [min], one row per window, from the window start to its
         end inclusive.
     """
-    n = int(round(length_days * MIN_PER_DAY / step_min)) + 1
+    n = round(length_days * MIN_PER_DAY / step_min) + 1
     offsets = jnp.arange(n, dtype=float) * step_min
     return jnp.asarray(days, float)[:, None] * MIN_PER_DAY + offsets[None, :]
 
@@ -85,4 +88,3 @@ def simulate_followup(
 
     sims = eqx.filter_vmap(one)(ts, b)
     return sims, b
-

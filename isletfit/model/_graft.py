@@ -224,7 +224,9 @@ class MechanisticGraft(AbstractGraft):
             growth = growth + self.turnover_gain * topp_turnover(
                 g, self.d0, self.r1, self.r2
             )
-        switch = jax.nn.sigmoid((t - self.infusion_day - self.onset_lag) / self.onset_width)
+        switch = jax.nn.sigmoid(
+            (t - self.infusion_day - self.onset_lag) / self.onset_width
+        )
         dphi = switch / self.tau_maturation * (1.0 - phi)
         return jnp.stack([growth * m, dphi])
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._custom_types import Array, ArrayLike, Float
 
-__all__ = ["PMOL_PER_U", "Inputs"]
+__all__ = ["PMOL_PER_U", "Inputs", "Schedule"]
 
 #: Insulin: 1 U = 6000 pmol (UVA/Padova convention; Dalla Man et al. 2007).
 PMOL_PER_U = 6000.0
@@ -128,7 +128,9 @@ class Inputs(eqx.Module):
             raise ValueError(f"Inputs.weight_kg must be > 0 [kg], got {float(w)}")
         mt, mg = _events("meal_times", meal_times, "meal_carbs_g", meal_carbs_g, "g")
         bt, bu = _events("bolus_times", bolus_times, "bolus_u", bolus_u, "U")
-        st, su = _events("basal_times", basal_times, "basal_u_per_h", basal_u_per_h, "U/h")
+        st, su = _events(
+            "basal_times", basal_times, "basal_u_per_h", basal_u_per_h, "U/h"
+        )
         self.meal_t = mt
         self.meal = mg * _MG_PER_G / w
         self.bolus_t = bt
@@ -138,28 +140,24 @@ class Inputs(eqx.Module):
         self.weight_kg = w
 
     # ------------------------------------------------------------------ evaluation
+    def schedule(self, t_start: Float[ArrayLike, ""] = -jnp.inf) -> Schedule:
+        """Precomputed look-up tables for a solve that starts at ``t_start`` [min]."""
+        return Schedule(self, t_start)
+
     def basal_rate(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
         """Basal insulin rate in effect at time ``t`` [pmol/kg/min] (0 before the first)."""
-        rates = jnp.concatenate([jnp.zeros((1,), self.basal.dtype), self.basal])
-        return rates[jnp.searchsorted(self.basal_t, t, side="right")]
+        return self.schedule().basal_rate(t)
 
     def last_meal(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
         """Carbohydrate of the last meal at or before ``t`` [mg/kg] (0 before any)."""
-        meals = jnp.concatenate([jnp.zeros((1,), self.meal.dtype), self.meal])
-        return meals[jnp.searchsorted(self.meal_t, t, side="right")]
+        return self.schedule().last_meal(t)
 
     def doses_between(
         self, t_start: Float[ArrayLike, ""], t: Float[ArrayLike, ""]
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """Meal [mg/kg] and bolus [pmol/kg] given at times in ``[t_start, t]``."""
-
-        def cum(times, amounts):
-            c = jnp.concatenate([jnp.zeros((1,), amounts.dtype), jnp.cumsum(amounts)])
-            hi = jnp.searchsorted(times, t, side="right")
-            lo = jnp.searchsorted(times, t_start, side="left")
-            return jnp.where(hi > lo, c[hi] - c[lo], 0.0)
-
-        return cum(self.meal_t, self.meal), cum(self.bolus_t, self.bolus)
+        meal, bolus = self.schedule(t_start).doses(t)
+        return jnp.maximum(meal, 0.0), jnp.maximum(bolus, 0.0)
 
     def event_times(self) -> Float[Array, " events"]:
         """All times where the inputs jump (meals, boluses, basal changes), sorted [min]."""
@@ -209,5 +207,76 @@ class Inputs(eqx.Module):
             ("basal_t", jnp.inf),
             ("basal", 0.0),
         ]:
-            out = eqx.tree_at(lambda x, name=name: getattr(x, name), out, pad(name, fill))
+            out = eqx.tree_at(
+                lambda x, name=name: getattr(x, name), out, pad(name, fill)
+            )
         return out
+
+
+def _with_zero(x: Array) -> Array:
+    return jnp.concatenate([jnp.zeros((1,), x.dtype), x])
+
+
+class Schedule(eqx.Module):
+    """Look-up tables of one window's `Inputs`, built once per solve (the hot path).
+
+    Cumulative doses and zero-padded rates are computed here, once, so that every
+    vector-field evaluation costs three binary searches and no allocation. Has the same
+    look-up methods as `Inputs`, so `vector_field` accepts either.
+
+    Args:
+        inputs: The window's inputs.
+        t_start: Start of the solve [min]; `doses` counts events from here on.
+
+    Attributes:
+        meal_t: Meal times [min].
+        meal_ext: 0 followed by the meal sizes [mg/kg].
+        meal_cum: 0 followed by the cumulative meal sizes [mg/kg].
+        bolus_t: Bolus times [min].
+        bolus_cum: 0 followed by the cumulative boluses [pmol/kg].
+        basal_t: Basal segment starts [min].
+        basal_ext: 0 followed by the basal rates [pmol/kg/min].
+        meal_base: Cumulative meal before ``t_start`` [mg/kg].
+        bolus_base: Cumulative bolus before ``t_start`` [pmol/kg].
+    """
+
+    meal_t: Float[Array, " meals"]
+    meal_ext: Float[Array, " meals+1"]
+    meal_cum: Float[Array, " meals+1"]
+    bolus_t: Float[Array, " boluses"]
+    bolus_cum: Float[Array, " boluses+1"]
+    basal_t: Float[Array, " segments"]
+    basal_ext: Float[Array, " segments+1"]
+    meal_base: Float[Array, ""]
+    bolus_base: Float[Array, ""]
+
+    def __init__(self, inputs: Inputs, t_start: Float[ArrayLike, ""] = -jnp.inf):
+        self.meal_t = inputs.meal_t
+        self.meal_ext = _with_zero(inputs.meal)
+        self.meal_cum = _with_zero(jnp.cumsum(inputs.meal))
+        self.bolus_t = inputs.bolus_t
+        self.bolus_cum = _with_zero(jnp.cumsum(inputs.bolus))
+        self.basal_t = inputs.basal_t
+        self.basal_ext = _with_zero(inputs.basal)
+        self.meal_base = self.meal_cum[
+            jnp.searchsorted(self.meal_t, t_start, side="left")
+        ]
+        self.bolus_base = self.bolus_cum[
+            jnp.searchsorted(self.bolus_t, t_start, side="left")
+        ]
+
+    def basal_rate(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """Basal rate in effect at ``t`` [pmol/kg/min]."""
+        return self.basal_ext[jnp.searchsorted(self.basal_t, t, side="right")]
+
+    def last_meal(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """Size of the last meal at or before ``t`` [mg/kg]."""
+        return self.meal_ext[jnp.searchsorted(self.meal_t, t, side="right")]
+
+    def doses(
+        self, t: Float[ArrayLike, ""]
+    ) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """Meal [mg/kg] and bolus [pmol/kg] given from ``t_start`` up to ``t``."""
+        meal = self.meal_cum[jnp.searchsorted(self.meal_t, t, side="right")]
+        bolus = self.bolus_cum[jnp.searchsorted(self.bolus_t, t, side="right")]
+        return meal - self.meal_base, bolus - self.bolus_base

@@ -187,18 +187,26 @@ class Params(eqx.Module):
         0.0331, "1/min", (0.005, 0.1), _DM07, "remote insulin action rate"
     )
     ke1: Float[Array, ""] = _param(0.0005, "1/min", (0.0, 0.002), _DM07, "renal rate")
-    ke2: Float[Array, ""] = _param(339.0, "mg/kg", (250.0, 450.0), _DM07, "renal threshold")
+    ke2: Float[Array, ""] = _param(
+        339.0, "mg/kg", (250.0, 450.0), _DM07, "renal threshold"
+    )
     # --- insulin kinetics ---
     vi: Float[Array, ""] = _param(0.05, "L/kg", (0.03, 0.1), _DM07, "insulin volume")
     m1: Float[Array, ""] = _param(0.190, "1/min", (0.05, 0.5), _DM07, "liver->plasma")
     m2: Float[Array, ""] = _param(0.484, "1/min", (0.1, 1.0), _DM07, "plasma->liver")
-    m4: Float[Array, ""] = _param(0.194, "1/min", (0.05, 0.5), _DM07, "peripheral clearance")
+    m4: Float[Array, ""] = _param(
+        0.194, "1/min", (0.05, 0.5), _DM07, "peripheral clearance"
+    )
     hepatic_extraction: Float[Array, ""] = _param(
         0.6, "-", (0.3, 0.8), _DM07, "hepatic insulin extraction"
     )
     kd: Float[Array, ""] = _param(0.0159, "1/min", (0.005, 0.05), _SIMG, "s.c. 1->2")
-    ka1: Float[Array, ""] = _param(0.0034, "1/min", (0.0, 0.02), _SIMG, "s.c. 1 absorption")
-    ka2: Float[Array, ""] = _param(0.0159, "1/min", (0.005, 0.05), _SIMG, "s.c. 2 absorption")
+    ka1: Float[Array, ""] = _param(
+        0.0034, "1/min", (0.0, 0.02), _SIMG, "s.c. 1 absorption"
+    )
+    ka2: Float[Array, ""] = _param(
+        0.0159, "1/min", (0.005, 0.05), _SIMG, "s.c. 2 absorption"
+    )
     # --- meal ---
     kmax: Float[Array, ""] = _param(
         0.0558, "1/min", (0.01, 0.2), _DM07, "grinding and maximal emptying rate"
@@ -212,8 +220,12 @@ class Params(eqx.Module):
     c_empt: Float[Array, ""] = _param(
         0.01, "-", (0.005, 0.5), _DM07, "stomach fraction where emptying recovers"
     )
-    kabs: Float[Array, ""] = _param(0.057, "1/min", (0.005, 0.3), _DM07, "gut absorption")
-    f: Float[Array, ""] = _param(0.9, "-", (0.6, 1.0), _DM07, "carbohydrate bioavailability")
+    kabs: Float[Array, ""] = _param(
+        0.057, "1/min", (0.005, 0.3), _DM07, "gut absorption"
+    )
+    f: Float[Array, ""] = _param(
+        0.9, "-", (0.6, 1.0), _DM07, "carbohydrate bioavailability"
+    )
     # --- sensor ---
     tau_sensor: Float[Array, ""] = _param(10.0, "min", (3.0, 20.0), _T1DMS, "CGM lag")
     # --- graft secretion (B = 1: a healthy adult's beta-cell function) ---
@@ -223,7 +235,9 @@ class Params(eqx.Module):
     g_half: Float[Array, ""] = _param(
         162.0, "mg/dL", (100.0, 250.0), _DEG, "half-maximal secretion glucose"
     )
-    n_hill: Float[Array, ""] = _param(4.0, "-", (1.0, 8.0), _DEG, "secretion Hill exponent")
+    n_hill: Float[Array, ""] = _param(
+        4.0, "-", (1.0, 8.0), _DEG, "secretion Hill exponent"
+    )
     alpha_y: Float[Array, ""] = _param(
         0.05, "1/min", (0.005, 0.5), _DM07, "second-phase delay rate"
     )

@@ -111,7 +111,9 @@ def glucose_fluxes(
     return egp_insulin + counter, uii, uid, renal
 
 
-def fluxes(t, y: State, args: tuple[Params, Inputs, Float[Array, ""]]) -> dict[str, Array]:
+def fluxes(
+    t, y: State, args: tuple[Params, Inputs, Float[Array, ""]]
+) -> dict[str, Array]:
     """Named fluxes at time ``t`` (for plots and checks).
 
     Args:
@@ -151,8 +153,9 @@ def vector_field(
     Args:
         t: Time [min].
         y: State (scalar leaves).
-        args: ``(params, inputs, b)``: `Params`, `Inputs` of the window, and the graft's
-            functional capacity B [fraction of a healthy adult's].
+        args: ``(params, inputs, b)``: `Params`, `Inputs` of the window (or its
+            precomputed `Schedule`), and the graft's functional capacity B [fraction of
+            a healthy adult's].
 
     Returns:
         dy/dt as a `State` (units of each compartment per minute).

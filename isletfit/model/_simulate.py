@@ -22,7 +22,8 @@ class Simulation(eqx.Module):
 
     Attributes:
         ts: Output times [min].
-        state: All compartments at ``ts`` (after any event at exactly that time).
+        state: All compartments at ``ts`` (after any event at exactly that time), or
+            None when simulated with ``save_state=False``.
         glucose: Plasma glucose G = Gp/VG [mg/dL].
         cgm: Interstitial glucose, what a CGM senses before its own error [mg/dL].
         insulin: Plasma insulin I = Ip/VI [pmol/L].
@@ -34,7 +35,7 @@ class Simulation(eqx.Module):
     """
 
     ts: Float[Array, " times"]
-    state: State
+    state: State | None
     glucose: Float[Array, " times"]
     cgm: Float[Array, " times"]
     insulin: Float[Array, " times"]
@@ -65,6 +66,11 @@ def fixed_step_controller(dt: float) -> dfx.PIDController:
     return dfx.PIDController(rtol=1e12, atol=1e12, dtmax=dt)
 
 
+def _observed(t, ytilde: State, args):
+    """What a fit needs: plasma glucose, interstitial glucose, plasma insulin masses."""
+    return ytilde.gp, ytilde.gs, ytilde.ip
+
+
 def _shifted_field(t, ytilde: State, args):
     """Vector field of the shifted state y~ = y - (doses given in [t0, t]).
 
@@ -72,12 +78,12 @@ def _shifted_field(t, ytilde: State, args):
     same derivative, and y~ is continuous across events, so one adaptive solve with
     jump times at the events integrates the impulsive system exactly.
     """
-    params, inputs, b, t0 = args
-    meal, bolus = inputs.doses_between(t0, t)
+    params, schedule, b = args
+    meal, bolus = schedule.doses(t)
     y = eqx.tree_at(
         lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
     )
-    return vector_field(t, y, (params, inputs, b))
+    return vector_field(t, y, (params, schedule, b))
 
 
 def simulate(
@@ -93,6 +99,7 @@ def simulate(
     dt0: float | None = None,
     max_steps: int = 65536,
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(),
+    save_state: bool = True,
 ) -> Simulation:
     """Simulate one window of the fast subsystem and return the states at ``ts``.
 
@@ -117,18 +124,24 @@ def simulate(
         max_steps: Maximum number of solver steps.
         adjoint: How to differentiate through the solve (``diffrax.ForwardMode()`` for
             forward-mode Jacobians).
+        save_state: Save all 14 compartments (``state``); with False only glucose, CGM
+            and insulin are saved and ``state`` is None — much less memory traffic for
+            long windows in large batches (see benchmarks/simulate.py).
 
     Returns:
         A `Simulation`. The solve never raises (``throw=False``); inspect ``result``.
     """
     ts = jnp.asarray(ts, dtype=jnp.result_type(params.vg, float))
     if ts.ndim != 1 or ts.shape[0] < 1:
-        raise ValueError(f"simulate: ts must be a non-empty 1-D array [min], got {ts.shape}")
+        raise ValueError(
+            f"simulate: ts must be a non-empty 1-D array [min], got {ts.shape}"
+        )
     t0 = ts[0] if t0 is None else jnp.asarray(t0, ts.dtype)
     t1 = ts[-1]
     b = jnp.asarray(b, ts.dtype)
+    schedule = inputs.schedule(t0)
     if y0 is None:
-        y0 = steady_state(params, b=b, basal=inputs.basal_rate(t0))
+        y0 = steady_state(params, b=b, basal=schedule.basal_rate(t0))
     if stepsize_controller is None:
         stepsize_controller = default_controller()
     if isinstance(stepsize_controller, dfx.AbstractAdaptiveStepSizeController) and not (
@@ -146,24 +159,31 @@ def simulate(
         t1=jnp.maximum(t1, t0),
         dt0=dt0,
         y0=y0,
-        args=(params, inputs, b, t0),
-        saveat=dfx.SaveAt(ts=ts),
+        args=(params, schedule, b),
+        saveat=dfx.SaveAt(ts=ts) if save_state else dfx.SaveAt(ts=ts, fn=_observed),
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         adjoint=adjoint,
         throw=False,
     )
-    meal, bolus = jax.vmap(lambda t: inputs.doses_between(t0, t))(ts)
-    ytilde = sol.ys
-    state = eqx.tree_at(
-        lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
-    )
+    if save_state:
+        meal, bolus = jax.vmap(schedule.doses)(ts)
+        ytilde = sol.ys
+        state = eqx.tree_at(
+            lambda s: (s.qsto1, s.isc1),
+            ytilde,
+            (ytilde.qsto1 + meal, ytilde.isc1 + bolus),
+        )
+        gp, gs, ip = state.gp, state.gs, state.ip
+    else:
+        state = None
+        gp, gs, ip = sol.ys
     return Simulation(
         ts=ts,
         state=state,
-        glucose=state.gp / params.vg,
-        cgm=state.gs,
-        insulin=state.ip / params.vi,
+        glucose=gp / params.vg,
+        cgm=gs,
+        insulin=ip / params.vi,
         result=sol.result,
         num_steps=sol.stats["num_steps"],
     )

@@ -29,7 +29,7 @@ from ._params import Params
 from ._physiology import glucose_fluxes, hill
 from ._state import State
 
-__all__ = ["steady_state", "steady_state_glucose"]
+__all__ = ["basal_for_fasting_glucose", "steady_state", "steady_state_glucose"]
 
 _BRACKET = (1.0, 3000.0)  # [mg/dL]
 _BISECTIONS = 80
@@ -140,4 +140,47 @@ def steady_state(
     """
     g = steady_state_glucose(params, b=b, basal=basal)
     dtype = g.dtype
-    return _state_given_glucose(params, g, jnp.asarray(b, dtype), jnp.asarray(basal, dtype))
+    return _state_given_glucose(
+        params, g, jnp.asarray(b, dtype), jnp.asarray(basal, dtype)
+    )
+
+
+def basal_for_fasting_glucose(
+    params: Params,
+    *,
+    b: Float[ArrayLike, ""] = 0.0,
+    target: Float[ArrayLike, ""] = 110.0,
+    max_basal: float = 20.0,
+) -> Float[Array, ""]:
+    """Basal insulin rate that holds fasting glucose at ``target`` [pmol/kg/min].
+
+    The exogenous insulin a person with graft capacity ``b`` needs; 0 when the graft
+    alone keeps fasting glucose at or below the target. ``1 - need(b)/need(0)`` is the
+    fraction of the basal insulin need that the graft covers.
+
+    Args:
+        params: Model parameters.
+        b: Graft functional capacity B [fraction of a healthy adult's].
+        target: Fasting glucose to reach [mg/dL].
+        max_basal: Upper end of the search [pmol/kg/min] (20 ≈ 4.8 U/kg/day).
+
+    Returns:
+        The basal rate [pmol/kg/min] (steady-state glucose decreases monotonically with
+        basal insulin, so bisection finds it), to about 1e-12 relative.
+    """
+    dtype = jnp.result_type(params.vg, float)
+    target = jnp.asarray(target, dtype)
+
+    def above(u):
+        return steady_state_glucose(params, b=b, basal=u) > target
+
+    def body(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        up = above(mid)
+        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(
+        0, 60, body, (jnp.zeros((), dtype), jnp.asarray(max_basal, dtype))
+    )
+    return jnp.where(above(jnp.zeros((), dtype)), 0.5 * (lo + hi), 0.0)

@@ -1,6 +1,6 @@
-r"""The Topp et al. (2000) beta-cell mass–insulin–glucose (βIG) model, the reference
-configuration of isletfit's slow subsystem.
+r"""The Topp et al. (2000) beta-cell mass–insulin–glucose (βIG) model.
 
+The reference configuration of isletfit's slow subsystem.
 Time in days; G plasma glucose [mg/dL], I plasma insulin [µU/mL], β beta-cell mass [mg]:
 
 $$\dot G = R_0 - (E_{G0} + S_I I) G,\qquad
@@ -104,7 +104,10 @@ class ToppParams(eqx.Module):
             return jnp.where(pos, mid, lo), jnp.where(pos, hi, mid)
 
         lo, hi = jax.lax.fori_loop(
-            0, 80, body, (jnp.zeros_like(beta), self.r0 / self.eg0 + jnp.zeros_like(beta))
+            0,
+            80,
+            body,
+            (jnp.zeros_like(beta), self.r0 / self.eg0 + jnp.zeros_like(beta)),
         )
         g0 = jax.lax.stop_gradient(0.5 * (lo + hi))
         r, dr = jax.jvp(residual, (g0,), (jnp.ones_like(g0),))
