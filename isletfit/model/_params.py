@@ -60,7 +60,7 @@ class Params(eqx.Module):
     (no basal reference), so ``vm0`` is the Dalla Man value minus ``vmx`` times the
     normal basal insulin (2.50 - 0.047 × 25 pmol/L = 1.325 mg/kg/min).
 
-    Three values are isletfit calibrations, chosen within physiological ranges so that
+    Some values are isletfit calibrations, chosen within physiological ranges so that
     one parameter set behaves both as a healthy adult (``B = 1``) and as an adult with
     type 1 diabetes (``B = 0``):
 
@@ -69,7 +69,11 @@ class Params(eqx.Module):
     - ``kp4`` = 0.6 mg/kg/min per pmol/kg (EGP suppression by liver insulin) and
       ``kp1`` = 5.64 mg/kg/min: portal (graft) insulin suppresses glucose production
       about twice as strongly as the same peripheral insulin, fasting EGP is 1.9
-      mg/kg/min in health, and untreated type 1 diabetes drives glucose above 300 mg/dL.
+      mg/kg/min in health, and untreated type 1 diabetes drives glucose above 300 mg/dL;
+    - ``cr_max`` = 2 mg/kg/min, ``w_cr`` = 5 mg/dL: a full graft's counter-regulation
+      about doubles fasting EGP once glucose falls well below ``g_cr``, a switch a few
+      mg/dL wide (no counter-regulation without a graft: these recipients had
+      impaired awareness and severe hypoglycaemia before transplant).
 
     With these defaults (`tests/test_model_behaviour.py`):
 
@@ -177,7 +181,11 @@ class Params(eqx.Module):
         15.0, "mg/dL", (5.0, 40.0), _HOV, "fall-off of insulin-independent utilisation"
     )
     vm0: Float[Array, ""] = _param(
-        1.325, "mg/kg/min", (0.2, 4.0), _DM07, "utilisation capacity at zero insulin"
+        1.325,
+        "mg/kg/min",
+        (0.2, 4.0),
+        _DM07 + ", Vm0 - Vmx·Ib",
+        "utilisation capacity at zero insulin",
     )
     vmx: Float[Array, ""] = _param(
         0.047, "mg/kg/min per pmol/L", (0.01, 0.15), _DM07, "insulin sensitivity"
