@@ -34,6 +34,7 @@ from ._simulate import simulate as simulate
 from ._state import State as State
 from ._steady_state import basal_for_fasting_glucose as basal_for_fasting_glucose
 from ._steady_state import steady_state as steady_state
+from ._steady_state import steady_state_at_glucose as steady_state_at_glucose
 from ._steady_state import steady_state_glucose as steady_state_glucose
 from ._topp import ToppParams as ToppParams
 from ._topp import topp_turnover as topp_turnover
@@ -63,6 +64,7 @@ __all__ = [
     "simulate_followup",
     "stack_params",
     "steady_state",
+    "steady_state_at_glucose",
     "steady_state_glucose",
     "topp_turnover",
     "vector_field",

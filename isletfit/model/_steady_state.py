@@ -29,7 +29,12 @@ from ._params import Params
 from ._physiology import glucose_fluxes, hill
 from ._state import State
 
-__all__ = ["basal_for_fasting_glucose", "steady_state", "steady_state_glucose"]
+__all__ = [
+    "basal_for_fasting_glucose",
+    "steady_state",
+    "steady_state_at_glucose",
+    "steady_state_glucose",
+]
 
 _BRACKET = (1.0, 3000.0)  # [mg/dL]
 _BISECTIONS = 80
@@ -73,6 +78,36 @@ def _state_given_glucose(params: Params, g, b, u) -> State:
         gt=gt,
         y=s,
         gs=g,
+    )
+
+
+def steady_state_at_glucose(
+    params: Params,
+    glucose: Float[ArrayLike, ""],
+    *,
+    b: Float[ArrayLike, ""] = 0.0,
+    basal: Float[ArrayLike, ""] = 0.0,
+) -> State:
+    """A consistent fasting state at a given plasma glucose (not necessarily at rest).
+
+    Every compartment except glucose takes its steady-state value for this glucose
+    (insulin from the basal rate and the graft's secretion at this glucose, tissue
+    glucose in balance with plasma glucose, CGM equal to plasma glucose). At the
+    steady-state glucose this is `steady_state`; elsewhere it is the natural starting
+    state of a window whose first glucose is known but not at rest.
+
+    Args:
+        params: Model parameters.
+        glucose: Plasma glucose [mg/dL].
+        b: Graft functional capacity B [fraction of a healthy adult's].
+        basal: Exogenous basal insulin rate [pmol/kg/min].
+    """
+    dtype = jnp.result_type(params.vg, float)
+    return _state_given_glucose(
+        params,
+        jnp.asarray(glucose, dtype),
+        jnp.asarray(b, dtype),
+        jnp.asarray(basal, dtype),
     )
 
 

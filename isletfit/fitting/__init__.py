@@ -1,0 +1,25 @@
+"""Fitting the model to a patient's CGM record: MAP with a Laplace band on B(t)."""
+
+from ._config import FitModel as FitModel
+from ._config import GaussianNoise as GaussianNoise
+from ._config import LatentMeals as LatentMeals
+from ._config import LoggedMeals as LoggedMeals
+from ._config import Prior as Prior
+from ._config import StudentTNoise as StudentTNoise
+from ._fit import FitResult as FitResult
+from ._fit import fit_patient as fit_patient
+from ._lm import LevenbergMarquardt as LevenbergMarquardt
+from ._problem import prepare_windows as prepare_windows
+
+__all__ = [
+    "FitModel",
+    "FitResult",
+    "GaussianNoise",
+    "LatentMeals",
+    "LevenbergMarquardt",
+    "LoggedMeals",
+    "Prior",
+    "StudentTNoise",
+    "fit_patient",
+    "prepare_windows",
+]

@@ -1,0 +1,144 @@
+"""Configuration of a patient fit: the model, the priors, the noise model (strategy objects)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+
+from ..model import Params
+
+__all__ = [
+    "FitModel",
+    "GaussianNoise",
+    "LatentMeals",
+    "LoggedMeals",
+    "Prior",
+    "StudentTNoise",
+]
+
+
+class GaussianNoise(eqx.Module):
+    """Gaussian CGM error with one SD per patient, estimated (profiled) from the fit.
+
+    Attributes:
+        ar1: Model serial correlation of the error between consecutive readings as an
+            AR(1) process (coefficient estimated like the SD). CGM error is strongly
+            autocorrelated (sensor AR(2) noise, calibration drift, model misfit that
+            lasts hours); treating it as independent overstates the information in the
+            data and gives bands that are too narrow.
+    """
+
+    ar1: bool = True
+
+
+class StudentTNoise(eqx.Module):
+    """Student-t CGM error (robust to sensor artefacts), fitted by iterative reweighting.
+
+    Attributes:
+        df: Degrees of freedom (smaller = heavier tails).
+        ar1: As for `GaussianNoise`.
+    """
+
+    df: float = 4.0
+    ar1: bool = True
+
+
+class LoggedMeals(eqx.Module):
+    """Use the carbohydrate records as they are (complete meal logs)."""
+
+
+class LatentMeals(eqx.Module):
+    """Estimate unannounced meals as latent inputs, on top of any logged meals.
+
+    Each window gets candidate meal slots every ``slot_min`` minutes between
+    ``first_hour`` and ``last_hour`` of its day (and of the warm-up before it); each
+    slot's carbohydrate is exp(θ) [g] with an exponential (sparsity) prior of mean
+    ``prior_mean_g``, so most slots shrink to nothing and a few take the meals.
+
+    Attributes:
+        slot_min: Spacing of candidate meal times [min].
+        first_hour: First candidate clock hour of the day [h].
+        last_hour: Last candidate clock hour of the day [h].
+        prior_mean_g: Mean of the exponential prior on a slot's carbohydrate [g].
+        init_g: Starting carbohydrate of every slot [g].
+    """
+
+    slot_min: float = 60.0
+    first_hour: float = 5.0
+    last_hour: float = 23.0
+    prior_mean_g: float = 10.0
+    init_g: float = 5.0
+
+
+class Prior(eqx.Module):
+    """Priors of a patient fit (all on log scales, around the model's values).
+
+    Attributes:
+        estimated: Names of the `Params` fields estimated per patient (the rest stay at
+            the model's values). The default set comes from the identifiability
+            analysis in ``docs/identifiability.md``.
+        log_sd: Prior SD of log(value) for each estimated field, in the same order
+            (between-patient variability; a log-SD of 0.3 is about ±30 %).
+        graft_median: Prior median of B on the first knot after infusion [-].
+        graft_log_sd: Prior SD of log B on that knot [-].
+        graft_rw_sigma: Random-walk scale of log B between knots [1/sqrt(day)].
+        initial_glucose_log_sd: Prior SD of each window's log initial-glucose offset
+            from the fasting steady state [-].
+        daily_sensitivity_log_sd: Prior SD of each day-window's log factor on insulin
+            sensitivity ``vmx`` (day-to-day variation of insulin sensitivity, so that
+            it is not mistaken for a change of the graft); 0 turns it off [-].
+    """
+
+    estimated: tuple[str, ...] = ("vmx", "kp1", "p2u")
+    log_sd: tuple[float, ...] = (0.5, 0.2, 0.4)
+    graft_median: float = 0.3
+    graft_log_sd: float = 2.0
+    graft_rw_sigma: float = 0.15
+    initial_glucose_log_sd: float = 0.3
+    daily_sensitivity_log_sd: float = 0.15
+
+    def __check_init__(self):
+        if len(self.estimated) != len(self.log_sd):
+            raise ValueError(
+                "Prior.estimated and Prior.log_sd must have the same length, got "
+                f"{len(self.estimated)} and {len(self.log_sd)}"
+            )
+        names = {f.name for f in dataclasses.fields(Params)}
+        unknown = [n for n in self.estimated if n not in names]
+        if unknown:
+            raise ValueError(f"Prior.estimated: unknown Params fields {unknown}")
+        if any(s <= 0 for s in self.log_sd):
+            raise ValueError("Prior.log_sd must be > 0")
+
+
+class FitModel(eqx.Module):
+    """What is fitted: the model, its time discretisation and the observation model.
+
+    Attributes:
+        params: Model parameters: fixed values, and prior medians of the estimated ones.
+        knot_spacing_days: Spacing of the log-B knots of the graft trajectory [day].
+        step_min: CGM grid [min] (5 for Dexcom/Libre 3, 15 for Libre 1/2 history).
+        warmup_min: Minutes simulated before each day-window starts, from a consistent
+            state, so that the evening before carries over [min]. The default 8 h
+            (from 16:00) includes the previous dinner and its bolus; with 3 h the
+            missing insulin-on-board biased glucose production and B by a few percent
+            on synthetic patients.
+        min_coverage: Fraction of a day's CGM slots needed to use that day [-].
+        rtol: Relative (and absolute) tolerance of the ODE solver.
+        noise: `GaussianNoise` or `StudentTNoise`.
+        meals: `LoggedMeals` or `LatentMeals`.
+        low_mg_dl: Device low limit of censored 'Low' readings [mg/dL].
+        high_mg_dl: Device high limit of censored 'High' readings [mg/dL].
+    """
+
+    params: Params = Params()
+    knot_spacing_days: float = 7.0
+    step_min: float = 5.0
+    warmup_min: float = 480.0
+    min_coverage: float = 0.5
+    rtol: float = 1e-5
+    noise: GaussianNoise | StudentTNoise = GaussianNoise()
+    meals: LoggedMeals | LatentMeals = LoggedMeals()
+    low_mg_dl: float = 40.0
+    high_mg_dl: float = 400.0

@@ -1,0 +1,445 @@
+"""`fit_patient`: maximum a posteriori fit of one patient's record, with a Laplace band."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._custom_types import Array, PRNGKeyArray
+from ..data import PatientData
+from ..model import MIN_PER_DAY, Inputs, Params, param_info
+from ._config import FitModel, LatentMeals, Prior, StudentTNoise
+from ._lm import LevenbergMarquardt, LMResult, blocks_from_jacobians, schur_covariance
+from ._problem import Objective, PatientWindows, WindowInfo, prepare_windows
+
+__all__ = ["FitResult", "fit_patient"]
+
+_Z95 = 1.959963984540054
+_EVENT_BUCKET = 16
+
+
+def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
+    """Pad (stacked) event arrays to a multiple of ``bucket`` with (+inf, 0).
+
+    One compilation then serves patients with different numbers of events.
+    """
+
+    def pad(t, v):
+        n = t.shape[-1]
+        m = max(bucket, int(np.ceil(n / bucket)) * bucket)
+        widths = [(0, 0)] * (t.ndim - 1) + [(0, m - n)]
+        return (
+            jnp.pad(t, widths, constant_values=jnp.inf),
+            jnp.pad(v, widths, constant_values=0.0),
+        )
+
+    mt, mv = pad(inputs.meal_t, inputs.meal)
+    bt, bv = pad(inputs.bolus_t, inputs.bolus)
+    st, sv = pad(inputs.basal_t, inputs.basal)
+    return eqx.tree_at(
+        lambda x: (x.meal_t, x.meal, x.bolus_t, x.bolus, x.basal_t, x.basal),
+        inputs,
+        (mt, mv, bt, bv, st, sv),
+    )
+
+
+def _linearise(obj: Objective, g, l, noise, weights):
+    """Gauss–Newton blocks at (g, l) and, as aux, predicted CGM and solver success."""
+    u = obj.to_window(g)
+    du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
+    nw = u.shape[0]
+
+    def one(u_w, l_w, w, wt):
+        def f(uu, ll):
+            r, pred, ok = obj.window_residual(uu, ll, w, noise, wt, aux=True)
+            return r, (r, pred, ok)
+
+        (ju, jl), (r, pred, ok) = jax.jacfwd(f, argnums=(0, 1), has_aux=True)(u_w, l_w)
+        return r, ju, jl, pred, ok
+
+    rw, ju, jl, pred, ok = jax.vmap(one)(u, l, jnp.arange(nw), weights)
+    jg = jnp.einsum("wmu,wug->wmg", ju, du)
+    r0 = obj.global_residual(g)
+    j0 = jax.jacfwd(obj.global_residual)(g)
+    return blocks_from_jacobians(rw, jg, jl, r0, j0), (pred, ok)
+
+
+@eqx.filter_jit
+def _solve(
+    obj: Objective, optimiser: LevenbergMarquardt, g0, l0, noise, weights, max_iter
+) -> LMResult:
+    return optimiser(
+        lambda g, l: _linearise(obj, g, l, noise, weights), g0, l0, max_iter=max_iter
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """The fit of one patient (host-side numpy; see `graft_band`, `parameters`).
+
+    Attributes:
+        patient_id: The patient's id.
+        params: Fitted `Params` (estimated fields at their MAP values).
+        estimated: Names of the estimated `Params` fields.
+        theta: MAP of log(estimated fields).
+        knot_days: Study days of the log-B knots [day].
+        log_b: MAP of log B at the knots.
+        cov: Laplace covariance of [theta, log_b knots].
+        sigma_mg_dl: Estimated CGM error SD [mg/dL].
+        ar1: Estimated AR(1) coefficient of the CGM error between readings [-].
+        info: Host-side facts about the windows.
+        ts: Reading times per window [min since the reference].
+        observed: Observed glucose per window [mg/dL].
+        mask: Observed readings.
+        censored: -1/0/+1 per reading.
+        predicted: Model CGM per window [mg/dL].
+        window_b: B per window (MAP).
+        rmse_mg_dl: Root-mean-square error of the uncensored readings [mg/dL].
+        mard_percent: Mean absolute relative difference model vs CGM [%].
+        n_readings: Readings used (uncensored and censored).
+        converged: Whether the optimiser met its tolerance.
+        iterations: Optimiser iterations (all rounds).
+        seconds: Wall time of the fit [s].
+        cost: Final negative log posterior (up to a constant).
+        message: Empty, or why the fit is not to be trusted.
+    """
+
+    patient_id: str
+    params: Params
+    estimated: tuple[str, ...]
+    theta: np.ndarray
+    knot_days: np.ndarray
+    log_b: np.ndarray
+    cov: np.ndarray
+    sigma_mg_dl: float
+    ar1: float
+    info: WindowInfo
+    ts: np.ndarray
+    observed: np.ndarray
+    mask: np.ndarray
+    censored: np.ndarray
+    predicted: np.ndarray
+    window_b: np.ndarray
+    rmse_mg_dl: float
+    mard_percent: float
+    n_readings: int
+    converged: bool
+    iterations: int
+    seconds: float
+    cost: float
+    message: str = ""
+
+    # ---------------------------------------------------------------- graft function
+    def log_b_at(self, study_days) -> tuple[np.ndarray, np.ndarray]:
+        """MAP and Laplace SD of log B at study days (linear in the knots)."""
+        days = np.atleast_1d(np.asarray(study_days, float))
+        k = self.knot_days
+        x = np.clip(days, k[0], k[-1])
+        j = np.clip(np.searchsorted(k, x, side="right") - 1, 0, k.size - 1)
+        a = np.zeros((days.size, k.size))
+        nxt = np.minimum(j + 1, k.size - 1)
+        span = np.where(nxt > j, k[nxt] - k[j], 1.0)
+        f = np.where(nxt > j, (x - k[j]) / span, 0.0)
+        a[np.arange(days.size), j] += 1.0 - f
+        a[np.arange(days.size), nxt] += f
+        p = self.theta.size
+        cov_k = self.cov[p:, p:]
+        mean = a @ self.log_b
+        sd = np.sqrt(np.maximum(np.einsum("dk,kl,dl->d", a, cov_k, a), 0.0))
+        return mean, sd
+
+    def graft_band(self, study_days=None, *, level: float = 0.95) -> pd.DataFrame:
+        """B with its confidence band on every day.
+
+        Args:
+            study_days: Days to report [day]; default every day from the first to the
+                last window.
+            level: Coverage of the band (Laplace approximation on log B).
+
+        Returns:
+            Columns ``study_day, date, estimate, lower, upper``: B as a fraction of a
+            healthy adult's functional capacity; 0 with a zero-width band before the
+            infusion.
+        """
+        from scipy.stats import norm
+
+        info = self.info
+        if study_days is None:
+            first = info.day_index[0] - info.study_day_offset
+            last = info.day_index[-1] - info.study_day_offset
+            study_days = np.arange(np.floor(first), np.floor(last) + 1.0)
+        days = np.atleast_1d(np.asarray(study_days, float))
+        mean, sd = self.log_b_at(days + 0.5)
+        z = norm.ppf(0.5 + level / 2.0)
+        on = (
+            (days + 0.5 >= 0.0)
+            if info.transplant_day is not None
+            else np.ones_like(days, bool)
+        )
+        est = np.where(on, np.exp(mean), 0.0)
+        lower = np.where(on, np.exp(mean - z * sd), 0.0)
+        upper = np.where(on, np.exp(mean + z * sd), 0.0)
+        ref = pd.Timestamp(info.reference_time)
+        dates = [
+            (ref + pd.Timedelta(days=float(d + info.study_day_offset))).date()
+            for d in days
+        ]
+        return pd.DataFrame(
+            {
+                "study_day": days,
+                "date": dates,
+                "estimate": est,
+                "lower": lower,
+                "upper": upper,
+            }
+        )
+
+    def parameters(self) -> pd.DataFrame:
+        """Estimated parameters with 95 % intervals (``name, value, unit, lower, upper``)."""
+        units = {r["name"]: r["unit"] for r in param_info()}
+        sd = np.sqrt(np.maximum(np.diag(self.cov)[: self.theta.size], 0.0))
+        rows = [
+            {
+                "name": n,
+                "value": float(np.exp(t)),
+                "unit": units[n],
+                "lower": float(np.exp(t - _Z95 * s)),
+                "upper": float(np.exp(t + _Z95 * s)),
+            }
+            for n, t, s in zip(self.estimated, self.theta, sd, strict=True)
+        ]
+        rows.append(
+            {
+                "name": "cgm_error_sd",
+                "value": self.sigma_mg_dl,
+                "unit": "mg/dL",
+                "lower": np.nan,
+                "upper": np.nan,
+            }
+        )
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        """The numbers of ``fit_summary.json``."""
+        return {
+            "patient_id": self.patient_id,
+            "rmse_mg_dl": self.rmse_mg_dl,
+            "mard_percent": self.mard_percent,
+            "n_readings": self.n_readings,
+            "converged": self.converged,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "sigma_mg_dl": self.sigma_mg_dl,
+            "ar1": self.ar1,
+            "message": self.message,
+        }
+
+
+def _estimate_noise(resid, use, weights, ar1: bool) -> tuple[Array, Array]:
+    """Marginal SD [mg/dL] and lag-1 autocorrelation of the CGM error."""
+    e = np.where(use, resid * np.sqrt(weights), 0.0)
+    n = max(int(use.sum()), 1)
+    sigma = max(float(np.sqrt(np.sum(e**2) / n)), 0.5)
+    phi = 0.0
+    if ar1:
+        pair = use[:, 1:] & use[:, :-1]
+        if pair.sum() > 10:
+            a, b = e[:, 1:][pair], e[:, :-1][pair]
+            phi = float(
+                np.clip(
+                    np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)), 0.0, 0.99
+                )
+            )
+    return jnp.asarray(sigma), jnp.asarray(phi)
+
+
+def _transplant_day(patient: PatientData, transplant_date) -> float | None:
+    if transplant_date is None or (
+        isinstance(transplant_date, float) and np.isnan(transplant_date)
+    ):
+        return None
+    if isinstance(transplant_date, (int, float, np.floating)):
+        return float(transplant_date)
+    ref = pd.Timestamp(patient.reference_time)
+    when = pd.Timestamp(transplant_date)
+    if when.tzinfo is None and ref.tzinfo is not None:
+        when = when.tz_localize(ref.tzinfo)
+    elif when.tzinfo is not None and ref.tzinfo is None:
+        when = when.tz_convert(None)
+    return (when.normalize() - ref.normalize()) / pd.Timedelta(days=1)
+
+
+def fit_patient(
+    data: PatientData,
+    *,
+    model: FitModel = FitModel(),
+    prior: Prior = Prior(),
+    optimiser: LevenbergMarquardt = LevenbergMarquardt(),
+    weight_kg: float | None = None,
+    transplant_date=None,
+    starts: int = 2,
+    key: PRNGKeyArray,
+) -> FitResult:
+    """Fit one patient's CGM record: parameters and graft function B(t) with a band.
+
+    Maximum a posteriori over all day-windows jointly: the likelihood of the CGM
+    readings through the model's sensor lag (Gaussian or Student-t error with an
+    estimated SD; 'Low'/'High' readings censored at the device limits; gaps masked),
+    log-normal priors on the estimated physiology, a random-walk prior on log B between
+    knots, and a prior on each window's initial glucose. Levenberg–Marquardt with
+    forward-mode Jacobians evaluated window by window (`LevenbergMarquardt`), from
+    ``starts`` starting points; the SD of the CGM error is re-estimated and the fit
+    polished once more. The Laplace approximation at the optimum gives intervals for
+    the parameters and a band for B on every day.
+
+    Args:
+        data: The patient's record (`isletfit.data.read`).
+        model: What is fitted (`FitModel`).
+        prior: Priors (`Prior`).
+        optimiser: The optimiser (`LevenbergMarquardt`).
+        weight_kg: Body weight [kg] (70 kg with a warning if unknown).
+        transplant_date: Infusion date (anything `pandas.Timestamp` reads), or a day
+            number since the record's reference midnight; None if unknown or no graft.
+        starts: Number of starting points (graft at the prior median, then low and
+            high); the best posterior wins.
+        key: PRNG key for the jitter of the starting points.
+
+    Returns:
+        A `FitResult`. Numerical trouble is reported in ``converged`` and ``message``;
+        bad data raise `isletfit.InputError`.
+    """
+    start_time = time.perf_counter()
+    windows, info = prepare_windows(
+        data,
+        model=model,
+        weight_kg=weight_kg,
+        transplant_day=_transplant_day(data, transplant_date),
+    )
+    windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
+    obj = Objective(windows=windows, model=model, prior=prior)
+    p, k = obj.n_params, windows.knot_days.shape[0]
+    nw, nl = windows.ts.shape[0], obj.n_local
+    levels = [prior.graft_median, 0.05, 1.0][: max(1, starts)]
+    keys = jax.random.split(key, len(levels))
+    l0 = jnp.zeros((nw, nl))
+    if isinstance(model.meals, LatentMeals):
+        l0 = l0.at[:, obj.meal_start :].set(jnp.log(model.meals.init_g))
+    weights = jnp.ones(windows.obs.shape)
+    noise = (jnp.asarray(10.0), jnp.asarray(0.0))
+
+    full = jnp.asarray(optimiser.max_iter)
+    screen = jnp.asarray(optimiser.screen_iter)
+    best, best_cost, iterations = None, np.inf, 0
+    for level, k_start in zip(levels, keys, strict=True):
+        theta0 = obj.prior_centre() + 0.05 * jax.random.normal(k_start, (p,))
+        knots0 = jnp.where(windows.knot_valid, jnp.log(level), 0.0)
+        g0 = jnp.concatenate([theta0, knots0])
+        res = _solve(obj, optimiser, g0, l0, noise, weights, screen)
+        iterations += int(res.iterations)
+        cost = float(res.blocks.cost)
+        if np.isfinite(cost) and cost < best_cost:
+            best, best_cost = res, cost
+    if best is None:
+        return _failed(data, info, prior, windows, start_time, iterations)
+    # Re-estimate the CGM error (SD, AR(1) coefficient, Student-t weights) from the
+    # best start, then continue it to convergence; Student-t repeats this (IRLS).
+    rounds = 3 if isinstance(model.noise, StudentTNoise) else 1
+    use = np.asarray(windows.mask & (windows.censor == 0) & windows.valid[:, None])
+    for _ in range(rounds):
+        resid = np.asarray(best.aux[0] - windows.obs)
+        noise = _estimate_noise(resid, use, np.asarray(weights), model.noise.ar1)
+        if isinstance(model.noise, StudentTNoise):
+            nu = model.noise.df
+            z = resid / float(noise[0])
+            weights = jnp.asarray((nu + 1.0) / (nu + z**2))
+        res = _solve(obj, optimiser, best.g, best.l, noise, weights, full)
+        iterations += int(res.iterations)
+        if np.isfinite(float(res.blocks.cost)):
+            best = res
+
+    g, l = best.g, best.l
+    cov = np.asarray(schur_covariance(best.blocks))
+    pred, ok = best.aux
+    pred = np.asarray(pred)[: info.n_windows]
+    obs = np.asarray(windows.obs)[: info.n_windows]
+    mask = np.asarray(windows.mask)[: info.n_windows]
+    cens = np.asarray(windows.censor)[: info.n_windows]
+    exact = mask & (cens == 0)
+    err = pred[exact] - obs[exact]
+    rmse = float(np.sqrt(np.mean(err**2))) if err.size else float("nan")
+    mard = (
+        float(np.mean(np.abs(err) / obs[exact]) * 100.0) if err.size else float("nan")
+    )
+    u = np.asarray(obj.to_window(g))
+    window_b = np.where(np.asarray(windows.graft_on), np.exp(u[:, p]), 0.0)[
+        : info.n_windows
+    ]
+    theta = np.asarray(g[:p])
+    message = "" if bool(best.converged) else "optimiser stopped before its tolerance"
+    if not bool(np.all(np.asarray(ok)[: info.n_windows])):
+        message = "the ODE solve failed in some windows"
+    return FitResult(
+        patient_id=data.patient_id,
+        params=obj.params_from(g[:p]),
+        estimated=tuple(prior.estimated),
+        theta=theta,
+        knot_days=np.asarray(windows.knot_days)[: info.n_knots],
+        log_b=np.asarray(g[p:])[: info.n_knots],
+        cov=np.asarray(cov)[: p + info.n_knots, : p + info.n_knots],
+        sigma_mg_dl=float(noise[0]),
+        ar1=float(noise[1]),
+        info=info,
+        ts=np.asarray(windows.ts)[: info.n_windows],
+        observed=obs,
+        mask=mask,
+        censored=cens,
+        predicted=pred,
+        window_b=window_b,
+        rmse_mg_dl=rmse,
+        mard_percent=mard,
+        n_readings=int(mask.sum()),
+        converged=bool(best.converged) and not message,
+        iterations=iterations,
+        seconds=time.perf_counter() - start_time,
+        cost=float(best.blocks.cost),
+        message=message,
+    )
+
+
+def _failed(
+    data, info, prior, windows: PatientWindows, start_time, iterations
+) -> FitResult:
+    n = info.n_windows
+    nan = np.full((n, windows.ts.shape[1]), np.nan)
+    return FitResult(
+        patient_id=data.patient_id,
+        params=Params(),
+        estimated=tuple(prior.estimated),
+        theta=np.full(len(prior.estimated), np.nan),
+        knot_days=np.asarray(windows.knot_days)[: info.n_knots],
+        log_b=np.full(info.n_knots, np.nan),
+        cov=np.full((len(prior.estimated) + info.n_knots,) * 2, np.nan),
+        sigma_mg_dl=float("nan"),
+        ar1=float("nan"),
+        info=info,
+        ts=np.asarray(windows.ts)[:n],
+        observed=np.asarray(windows.obs)[:n],
+        mask=np.asarray(windows.mask)[:n],
+        censored=np.asarray(windows.censor)[:n],
+        predicted=nan,
+        window_b=np.full(n, np.nan),
+        rmse_mg_dl=float("nan"),
+        mard_percent=float("nan"),
+        n_readings=int(np.asarray(windows.mask)[:n].sum()),
+        converged=False,
+        iterations=iterations,
+        seconds=time.perf_counter() - start_time,
+        cost=float("nan"),
+        message="the model could not be evaluated at any starting point",
+    )

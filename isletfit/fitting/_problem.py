@@ -1,0 +1,483 @@
+"""One patient's fitting problem: day-windows of CGM, inputs, and the weighted residuals.
+
+The record is cut into calendar-day windows (multiple shooting). Each window is simulated
+on its own, from a consistent state ``warmup_min`` before midnight (the fasting state of
+the fast model at that window's B and basal rate, with its glucose scaled by a per-window
+factor that is estimated), so windows are independent given the parameters and are
+evaluated in parallel with ``vmap``.
+
+Unknowns: *global* g = [log of each estimated `Params` field, log B at each knot of the
+graft trajectory]; *local* l_w = [log initial-glucose factor, log daily factor on insulin
+sensitivity (if enabled), log carbohydrate of each latent meal slot (if meals are
+latent)].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Bool, Float
+from .._errors import DataWarning, InputError
+from ..data import PatientData, resample
+from ..model import (
+    MIN_PER_DAY,
+    Inputs,
+    Params,
+    simulate,
+    steady_state_at_glucose,
+    steady_state_glucose,
+)
+from ._config import FitModel, LatentMeals, Prior
+
+__all__ = ["Objective", "PatientWindows", "WindowInfo", "prepare_windows"]
+
+
+class PatientWindows(eqx.Module):
+    """Device arrays of one patient's fit (windows padded to a bucket size).
+
+    Attributes:
+        ts: Reading (or slot) times of each window [min since the reference].
+        obs: Observed glucose [mg/dL] (censored readings at the device limit).
+        mask: True where a reading is observed.
+        censor: -1 'Low', +1 'High', 0 exact.
+        t0: Start of each window's solve (midnight minus the warm-up) [min].
+        study_day: Study day of each window's middle [day].
+        graft_on: False for windows before the infusion (B = 0 there).
+        valid: False for padding windows.
+        interp: Weights of the log-B knots for each window ``[W, K]``.
+        knot_days: Study days of the knots [day].
+        knot_valid: False for padding knots.
+        slots: Times of latent meal slots per window [min] (``[W, 0]`` without).
+        inputs: Recorded meals, boluses and basal insulin of each window (model
+            units, stacked ``[W, events]``; only the events inside the window's solve,
+            plus the basal rate in effect at its start).
+    """
+
+    ts: Float[Array, "windows times"]
+    obs: Float[Array, "windows times"]
+    mask: Bool[Array, "windows times"]
+    censor: Array
+    t0: Float[Array, " windows"]
+    study_day: Float[Array, " windows"]
+    graft_on: Bool[Array, " windows"]
+    valid: Bool[Array, " windows"]
+    interp: Float[Array, "windows knots"]
+    knot_days: Float[Array, " knots"]
+    knot_valid: Bool[Array, " knots"]
+    slots: Float[Array, "windows slots"]
+    inputs: Inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowInfo:
+    """Host-side facts about a prepared patient (for reports).
+
+    Attributes:
+        patient_id: The patient's id.
+        reference_time: t = 0 of the record (local midnight before the first reading).
+        day_index: Calendar day of each real window (days since the reference).
+        transplant_day: Infusion day in days since the reference, or None.
+        n_windows: Number of real (not padding) windows.
+        n_knots: Number of real knots.
+        weight_kg: Body weight used [kg].
+        study_day_offset: Study day = days since the reference minus this [day].
+    """
+
+    patient_id: str
+    reference_time: object
+    day_index: np.ndarray
+    transplant_day: float | None
+    n_windows: int
+    n_knots: int
+    weight_kg: float
+    study_day_offset: float
+
+
+def _basal_timeline(patient: PatientData) -> tuple[np.ndarray, np.ndarray]:
+    """Pump basal segments plus long-acting injections as one piecewise-constant rate.
+
+    A long-acting (basal analogue) injection of D units is represented as D/24 U/h for
+    the 24 h after it (the flat profile of glargine/degludec). Unknown pump rates (NaN)
+    count as 0 with a warning.
+    """
+    seg_t = np.asarray(patient.basal.time_min, float)
+    seg_r = np.asarray(patient.basal.rate_u_per_h, float)
+    if np.isnan(seg_r).any():
+        warnings.warn(
+            f"{patient.patient_id}: {int(np.isnan(seg_r).sum())} basal segments with an "
+            "unknown rate are taken as 0 U/h",
+            DataWarning,
+            stacklevel=3,
+        )
+        seg_r = np.nan_to_num(seg_r)
+    la_t = np.asarray(patient.long_acting.time_min, float)
+    la_u = np.asarray(patient.long_acting.units, float)
+    breaks = np.unique(np.concatenate([seg_t, la_t, la_t + MIN_PER_DAY]))
+    if breaks.size == 0:
+        return np.zeros(0), np.zeros(0)
+    if seg_t.size:
+        idx = np.searchsorted(seg_t, breaks, side="right") - 1
+        pump = np.where(idx >= 0, seg_r[np.clip(idx, 0, None)], 0.0)
+    else:
+        pump = np.zeros(breaks.size)
+    active = (la_t[None, :] <= breaks[:, None]) & (
+        breaks[:, None] < la_t[None, :] + MIN_PER_DAY
+    )
+    rate = pump + (active * la_u[None, :]).sum(axis=1) / 24.0
+    keep = np.concatenate([[True], np.diff(rate) != 0])
+    return breaks[keep], rate[keep]
+
+
+def _window_inputs(patient, basal_t, basal_r, *, starts, ends, weight_kg) -> Inputs:
+    """One `Inputs` per window with the events in [start, end], stacked and padded."""
+    carb_t = np.asarray(patient.carbs.time_min, float)
+    carb_g = np.asarray(patient.carbs.grams, float)
+    bol_t = np.asarray(patient.boluses.time_min, float)
+    bol_u = np.asarray(patient.boluses.units, float)
+    per_window = []
+    for a, b in zip(starts, ends, strict=True):
+        cm = (carb_t >= a) & (carb_t <= b)
+        bm = (bol_t >= a) & (bol_t <= b)
+        inside = (basal_t > a) & (basal_t <= b)
+        before = np.flatnonzero(basal_t <= a)
+        seg_t = np.concatenate([[a] if before.size else [], basal_t[inside]])
+        seg_r = np.concatenate([basal_r[before[-1:]], basal_r[inside]])
+        per_window.append(
+            Inputs(
+                weight_kg=weight_kg,
+                meal_times=carb_t[cm],
+                meal_carbs_g=carb_g[cm],
+                bolus_times=bol_t[bm],
+                bolus_u=bol_u[bm],
+                basal_times=seg_t,
+                basal_u_per_h=seg_r,
+            )
+        )
+    return Inputs.stack(per_window)
+
+
+def _bucket(n: int, size: int) -> int:
+    return max(size, int(np.ceil(n / size)) * size)
+
+
+def prepare_windows(
+    patient: PatientData,
+    *,
+    model: FitModel,
+    weight_kg: float | None = None,
+    transplant_day: float | None = None,
+    window_bucket: int = 8,
+    knot_bucket: int = 8,
+) -> tuple[PatientWindows, WindowInfo]:
+    """Cut a patient's record into day-windows and put everything in model units.
+
+    Args:
+        patient: The patient's data (`isletfit.data.read`).
+        model: The fit's model configuration.
+        weight_kg: Body weight [kg]; 70 kg with a warning when unknown.
+        transplant_day: Infusion day in days since ``patient.reference_time``; None
+            when unknown (B is then estimated on every day).
+        window_bucket: Pad the number of windows to a multiple of this (fewer
+            recompilations across patients).
+        knot_bucket: Pad the number of knots likewise.
+
+    Returns:
+        The padded device arrays and host-side information.
+
+    Raises:
+        InputError: No day has enough CGM readings to fit.
+    """
+    if weight_kg is None or not np.isfinite(weight_kg):
+        warnings.warn(
+            f"{patient.patient_id}: body weight unknown; 70 kg assumed (insulin doses "
+            "are per kg in the model)",
+            DataWarning,
+            stacklevel=2,
+        )
+        weight_kg = 70.0
+    step = float(model.step_min)
+    per_day = round(MIN_PER_DAY / step)
+    if len(patient.cgm) == 0:
+        raise InputError("no CGM readings to fit", field="cgm", file=patient.patient_id)
+    first_day = int(np.floor(patient.cgm.time_min.min() / MIN_PER_DAY))
+    last_day = int(np.floor(patient.cgm.time_min.max() / MIN_PER_DAY))
+    grid = resample(
+        patient,
+        step_min=step,
+        start_min=first_day * MIN_PER_DAY,
+        end_min=(last_day + 1) * MIN_PER_DAY - step,
+    )
+    n_days = last_day - first_day + 1
+    mask = grid.mask.reshape(n_days, per_day)
+    coverage = mask.mean(axis=1)
+    keep = np.flatnonzero(coverage >= model.min_coverage)
+    if keep.size == 0:
+        raise InputError(
+            f"no day has CGM readings in at least {model.min_coverage:.0%} of its "
+            f"{step:g}-minute slots",
+            file=patient.patient_id,
+            field="cgm",
+            expected="at least one well-covered day of CGM",
+        )
+    day_index = first_day + keep
+    ts = grid.reading_time_min.reshape(n_days, per_day)[keep]
+    ts = np.maximum.accumulate(ts, axis=1)
+    obs = grid.glucose_mg_dl.reshape(n_days, per_day)[keep]
+    msk = mask[keep]
+    cens = grid.censored.reshape(n_days, per_day)[keep].astype(np.int32)
+
+    offset = (
+        float(transplant_day) if transplant_day is not None else float(day_index[0])
+    )
+    study_mid = day_index + 0.5 - offset
+    graft_on = (
+        study_mid >= 0.0 if transplant_day is not None else np.ones(keep.size, bool)
+    )
+    # knots of log B cover the windows with a graft, from the infusion (or first window)
+    on_days = study_mid[graft_on]
+    if on_days.size:
+        start = 0.0 if transplant_day is not None else float(np.floor(on_days.min()))
+        stop = float(on_days.max())
+        n_knots = int(np.ceil((stop - start) / model.knot_spacing_days)) + 1
+        knots = start + model.knot_spacing_days * np.arange(max(n_knots, 1))
+    else:
+        knots = np.zeros(1)
+    k_pad = _bucket(knots.size, knot_bucket)
+    knot_days = np.concatenate(
+        [
+            knots,
+            knots[-1] + model.knot_spacing_days * np.arange(1, k_pad - knots.size + 1),
+        ]
+    )
+    knot_valid = np.arange(k_pad) < knots.size
+    interp = np.zeros((keep.size, k_pad))
+    for w, d in enumerate(study_mid):  # loop over windows (tens), not readings
+        if not graft_on[w]:
+            continue
+        x = np.clip(d, knots[0], knots[-1])
+        j = int(np.clip(np.searchsorted(knots, x, side="right") - 1, 0, knots.size - 1))
+        if j == knots.size - 1:
+            interp[w, j] = 1.0
+        else:
+            f = (x - knots[j]) / (knots[j + 1] - knots[j])
+            interp[w, j], interp[w, j + 1] = 1.0 - f, f
+
+    # inputs: carbohydrate, boluses, basal (+ long-acting as 24-h basal), cut per window
+    # so that each solve searches only its own events
+    basal_t, basal_r = _basal_timeline(patient)
+    inputs = _window_inputs(
+        patient,
+        basal_t,
+        basal_r,
+        starts=day_index * MIN_PER_DAY - model.warmup_min,
+        ends=(day_index + 1) * MIN_PER_DAY,
+        weight_kg=weight_kg,
+    )
+    if isinstance(model.meals, LatentMeals):
+        m = model.meals
+        hours = np.arange(m.first_hour * 60.0, m.last_hour * 60.0 + 1e-9, m.slot_min)
+        day_slots = np.concatenate([hours - MIN_PER_DAY, hours])
+        day_slots = day_slots[day_slots >= -model.warmup_min]
+        slots = day_index[:, None] * MIN_PER_DAY + day_slots[None, :]
+    else:
+        slots = np.zeros((keep.size, 0))
+
+    w_pad = _bucket(keep.size, window_bucket)
+    pad = w_pad - keep.size
+
+    def padded(x, fill):
+        if pad == 0:
+            return x
+        extra = (
+            np.repeat(x[-1:], pad, axis=0)
+            if fill is None
+            else np.full((pad, *x.shape[1:]), fill, x.dtype)
+        )
+        return np.concatenate([x, extra], axis=0)
+
+    windows = PatientWindows(
+        ts=jnp.asarray(padded(ts, None)),
+        obs=jnp.asarray(padded(obs, None)),
+        mask=jnp.asarray(padded(msk, False)),
+        censor=jnp.asarray(padded(cens, 0)),
+        t0=jnp.asarray(padded(day_index * MIN_PER_DAY - model.warmup_min, None)),
+        study_day=jnp.asarray(padded(study_mid, None)),
+        graft_on=jnp.asarray(padded(graft_on, False)),
+        valid=jnp.asarray(np.arange(w_pad) < keep.size),
+        interp=jnp.asarray(padded(interp, 0.0)),
+        knot_days=jnp.asarray(knot_days),
+        knot_valid=jnp.asarray(knot_valid),
+        slots=jnp.asarray(padded(slots, None)),
+        inputs=jax.tree.map(lambda x: padded(np.asarray(x), None), inputs),
+    )
+    info = WindowInfo(
+        patient_id=patient.patient_id,
+        reference_time=patient.reference_time,
+        day_index=day_index,
+        transplant_day=transplant_day,
+        n_windows=int(keep.size),
+        n_knots=int(knots.size),
+        weight_kg=float(weight_kg),
+        study_day_offset=offset,
+    )
+    return windows, info
+
+
+# --------------------------------------------------------------------------- residuals
+class Objective(eqx.Module):
+    """Weighted residuals of one patient (see the module docstring for the unknowns).
+
+    Attributes:
+        windows: The prepared data.
+        model: Model configuration.
+        prior: Priors.
+    """
+
+    windows: PatientWindows
+    model: FitModel
+    prior: Prior
+
+    @property
+    def n_params(self) -> int:
+        """Number of estimated `Params` fields."""
+        return len(self.prior.estimated)
+
+    @property
+    def daily_sensitivity(self) -> bool:
+        """Whether each window has its own insulin-sensitivity factor."""
+        return self.prior.daily_sensitivity_log_sd > 0
+
+    @property
+    def n_local(self) -> int:
+        """Local unknowns per window: glucose, sensitivity factor, latent meals."""
+        return 1 + int(self.daily_sensitivity) + self.windows.slots.shape[1]
+
+    @property
+    def meal_start(self) -> int:
+        """Index of the first latent meal in the local vector."""
+        return 1 + int(self.daily_sensitivity)
+
+    def params_from(self, theta: Float[Array, " p"]) -> Params:
+        """`Params` with the estimated fields set to exp(theta)."""
+        names = self.prior.estimated
+        return eqx.tree_at(
+            lambda p: tuple(getattr(p, n) for n in names),
+            self.model.params,
+            tuple(jnp.exp(theta[i]) for i in range(len(names))),
+        )
+
+    def prior_centre(self) -> Float[Array, " p"]:
+        """Log of the model's values of the estimated fields (the prior medians)."""
+        return jnp.log(
+            jnp.stack([getattr(self.model.params, n) for n in self.prior.estimated])
+        )
+
+    def to_window(self, g: Float[Array, " ng"]) -> Float[Array, "windows nu"]:
+        """Per-window unknowns u_w = [theta, log B_w] from the global vector."""
+        p = self.n_params
+        theta, knots = g[:p], g[p:]
+        logb = self.windows.interp @ knots
+        return jnp.concatenate(
+            [jnp.broadcast_to(theta, (logb.shape[0], p)), logb[:, None]], axis=1
+        )
+
+    def simulate_window(self, u, l, w: int | Array, *, forward_mode: bool = True):
+        """Simulated CGM of window ``w`` (an index into the windows) [mg/dL]."""
+        win = self.windows
+        p = self.n_params
+        params = self.params_from(u[:p])
+        if self.daily_sensitivity:
+            params = eqx.tree_at(lambda q: q.vmx, params, params.vmx * jnp.exp(l[1]))
+        b = jnp.where(win.graft_on[w], jnp.exp(u[p]), 0.0)
+        t0 = win.t0[w]
+        inputs = jax.tree.map(lambda x: x[w], win.inputs)
+        if win.slots.shape[1] > 0:
+            meals = jnp.exp(l[self.meal_start :])
+            inputs = _with_latent_meals(inputs, win.slots[w], meals)
+        basal0 = inputs.basal_rate(t0)
+        g_start = steady_state_glucose(params, b=b, basal=basal0) * jnp.exp(l[0])
+        y0 = steady_state_at_glucose(params, g_start, b=b, basal=basal0)
+        controller = dfx.PIDController(rtol=self.model.rtol, atol=self.model.rtol)
+        sim = simulate(
+            params,
+            inputs,
+            win.ts[w],
+            b=b,
+            y0=y0,
+            t0=t0,
+            save_state=False,
+            stepsize_controller=controller,
+            max_steps=16384,
+            adjoint=dfx.ForwardMode()
+            if forward_mode
+            else dfx.RecursiveCheckpointAdjoint(),
+        )
+        return sim.cgm, sim.successful
+
+    def window_residual(self, u, l, w, noise, weights, *, aux: bool = False):
+        """Weighted residuals of window ``w``: readings then local priors.
+
+        ``noise = (sigma, phi)``: marginal SD of the CGM error [mg/dL] and its AR(1)
+        coefficient between consecutive readings. Exact readings are prewhitened, so
+        the sum of squares is the exact Gaussian AR(1) likelihood: the first reading of
+        each run is e/σ, the next ones (e_t − φ e_{t−1})/(σ√(1−φ²)). Censored readings
+        contribute a hinge (only when the model is on the wrong side of the device
+        limit). With ``aux=True`` also returns the predicted CGM and solver success.
+        """
+        sigma, phi = noise
+        win = self.windows
+        pred, ok = self.simulate_window(u, l, w)
+        obs, mask, cens = win.obs[w], win.mask[w], win.censor[w]
+        use = mask & win.valid[w]
+        is_exact = use & (cens == 0)
+        e = jnp.where(is_exact, (pred - obs) * jnp.sqrt(weights), 0.0)
+        prev_exact = jnp.concatenate([jnp.zeros((1,), bool), is_exact[:-1]])
+        e_prev = jnp.concatenate([jnp.zeros((1,), e.dtype), e[:-1]])
+        innov = (e - phi * e_prev) / jnp.sqrt(1.0 - phi**2)
+        exact = jnp.where(prev_exact, innov, e)
+        low = jnp.maximum(pred - self.model.low_mg_dl, 0.0)
+        high = jnp.maximum(self.model.high_mg_dl - pred, 0.0)
+        r = jnp.where(cens < 0, low, jnp.where(cens > 0, high, exact)) / sigma
+        r = jnp.where(use, r, 0.0)
+        r = jnp.where(ok, r, jnp.nan)
+        local = [l[:1] / self.prior.initial_glucose_log_sd]
+        if self.daily_sensitivity:
+            local.append(l[1:2] / self.prior.daily_sensitivity_log_sd)
+        if win.slots.shape[1] > 0:
+            mean = self.model.meals.prior_mean_g
+            local.append(jnp.sqrt(2.0 / mean) * jnp.exp(0.5 * l[self.meal_start :]))
+        out = jnp.concatenate([r, *local])
+        return (out, pred, ok) if aux else out
+
+    def global_residual(self, g):
+        """Prior residuals of the global unknowns."""
+        p = self.n_params
+        win, prior = self.windows, self.prior
+        theta, knots = g[:p], g[p:]
+        r_theta = (theta - self.prior_centre()) / jnp.asarray(prior.log_sd)
+        first = jnp.argmax(win.knot_valid)
+        r_level = ((knots[first] - jnp.log(prior.graft_median)) / prior.graft_log_sd)[
+            None
+        ]
+        dt = jnp.diff(win.knot_days)
+        pair = win.knot_valid[1:]
+        r_rw = jnp.where(
+            pair, jnp.diff(knots) / (prior.graft_rw_sigma * jnp.sqrt(dt)), 0.0
+        )
+        r_pad = jnp.where(win.knot_valid, 0.0, knots)  # padding knots stay at 0
+        return jnp.concatenate([r_theta, r_level, r_rw, r_pad])
+
+
+def _with_latent_meals(inputs: Inputs, slot_t, grams) -> Inputs:
+    """Add latent meal slots (carbohydrate [g]) to the recorded meals of a window."""
+    t = jnp.concatenate([inputs.meal_t, slot_t])
+    m = jnp.concatenate([inputs.meal, grams * 1000.0 / inputs.weight_kg])
+    order = jnp.argsort(t)
+    return eqx.tree_at(lambda x: (x.meal_t, x.meal), inputs, (t[order], m[order]))
