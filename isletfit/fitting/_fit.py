@@ -13,7 +13,7 @@ import pandas as pd
 
 from .._custom_types import Array, PRNGKeyArray
 from ..data import PatientData
-from ..model import MIN_PER_DAY, Inputs, Params, param_info
+from ..model import Inputs, Params, param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
 from ._lm import LevenbergMarquardt, LMResult, blocks_from_jacobians, schur_covariance
 from ._problem import Objective, PatientWindows, WindowInfo, prepare_windows
@@ -49,8 +49,8 @@ def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
     )
 
 
-def _linearise(obj: Objective, g, l, noise, weights):
-    """Gauss–Newton blocks at (g, l) and, as aux, predicted CGM and solver success."""
+def _linearise(obj: Objective, g, loc, noise, weights):
+    """Gauss–Newton blocks at (g, loc) and, as aux, predicted CGM and solver success."""
     u = obj.to_window(g)
     du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
     nw = u.shape[0]
@@ -63,7 +63,7 @@ def _linearise(obj: Objective, g, l, noise, weights):
         (ju, jl), (r, pred, ok) = jax.jacfwd(f, argnums=(0, 1), has_aux=True)(u_w, l_w)
         return r, ju, jl, pred, ok
 
-    rw, ju, jl, pred, ok = jax.vmap(one)(u, l, jnp.arange(nw), weights)
+    rw, ju, jl, pred, ok = jax.vmap(one)(u, loc, jnp.arange(nw), weights)
     jg = jnp.einsum("wmu,wug->wmg", ju, du)
     r0 = obj.global_residual(g)
     j0 = jax.jacfwd(obj.global_residual)(g)
@@ -75,7 +75,10 @@ def _solve(
     obj: Objective, optimiser: LevenbergMarquardt, g0, l0, noise, weights, max_iter
 ) -> LMResult:
     return optimiser(
-        lambda g, l: _linearise(obj, g, l, noise, weights), g0, l0, max_iter=max_iter
+        lambda g, loc: _linearise(obj, g, loc, noise, weights),
+        g0,
+        l0,
+        max_iter=max_iter,
     )
 
 
@@ -323,7 +326,7 @@ def fit_patient(
     )
     windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
     obj = Objective(windows=windows, model=model, prior=prior)
-    p, k = obj.n_params, windows.knot_days.shape[0]
+    p = obj.n_params
     nw, nl = windows.ts.shape[0], obj.n_local
     levels = [prior.graft_median, 0.05, 1.0][: max(1, starts)]
     keys = jax.random.split(key, len(levels))
@@ -358,12 +361,12 @@ def fit_patient(
             nu = model.noise.df
             z = resid / float(noise[0])
             weights = jnp.asarray((nu + 1.0) / (nu + z**2))
-        res = _solve(obj, optimiser, best.g, best.l, noise, weights, full)
+        res = _solve(obj, optimiser, best.g, best.loc, noise, weights, full)
         iterations += int(res.iterations)
         if np.isfinite(float(res.blocks.cost)):
             best = res
 
-    g, l = best.g, best.l
+    g = best.g
     cov = np.asarray(schur_covariance(best.blocks))
     pred, ok = best.aux
     pred = np.asarray(pred)[: info.n_windows]

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 
-__all__ = ["Blocks", "LevenbergMarquardt", "LMResult", "schur_covariance"]
+__all__ = ["Blocks", "LMResult", "LevenbergMarquardt", "schur_covariance"]
 
 
 class Blocks(NamedTuple):
@@ -108,7 +108,7 @@ class LMResult(eqx.Module):
 
     Attributes:
         g: Global unknowns at the end.
-        l: Local unknowns ``[W, nl]`` at the end.
+        loc: Local unknowns ``[W, nl]`` at the end.
         blocks: Gauss–Newton blocks at the end (for the Laplace covariance).
         aux: What ``linearise`` returned beside the blocks at the end (e.g.
             predictions).
@@ -119,7 +119,7 @@ class LMResult(eqx.Module):
     """
 
     g: Float[Array, " ng"]
-    l: Float[Array, "windows nl"]
+    loc: Float[Array, "windows nl"]
     blocks: Blocks
     aux: Any
     iterations: Array
@@ -167,7 +167,7 @@ class LevenbergMarquardt(eqx.Module):
         starting point itself.
 
         Args:
-            linearise: ``(g, l) -> (Blocks, aux)``; a NaN cost means not evaluable;
+            linearise: ``(g, loc) -> (Blocks, aux)``; a NaN cost means not evaluable;
                 ``aux`` (e.g. predictions) of the accepted point is returned.
             g0: Starting global unknowns.
             l0: Starting local unknowns.
@@ -186,11 +186,11 @@ class LevenbergMarquardt(eqx.Module):
             return (it < limit + 1) & ~done
 
         def body(state):
-            g, l, blocks, aux, lam, nu, it, done, finite = state
+            g, loc, blocks, aux, lam, nu, it, _, finite = state
             first = it == 0
             dg, dl, predicted = _solve(blocks, lam)
             g_c = jnp.where(first, g, g + dg)
-            l_c = jnp.where(first, l, l + dl)
+            l_c = jnp.where(first, loc, loc + dl)
             blocks_c, aux_c = linearise(g_c, l_c)
             actual = blocks.cost - blocks_c.cost
             ok = jnp.isfinite(blocks_c.cost) & (
@@ -207,7 +207,7 @@ class LevenbergMarquardt(eqx.Module):
                 first, 1.0, jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             )
             pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
-            g2, l2 = pick(g_c, g), pick(l_c, l)
+            g2, l2 = pick(g_c, g), pick(l_c, loc)
             blocks2, aux2 = pick(blocks_c, blocks), pick(aux_c, aux)
             lam2 = jnp.where(ok, lam * factor, lam * nu)
             nu2 = jnp.where(ok, jnp.asarray(2.0, dtype), nu * 2.0)
@@ -228,12 +228,12 @@ class LevenbergMarquardt(eqx.Module):
             jnp.asarray(False),
             jnp.asarray(False),
         )
-        g, l, blocks, aux, lam, _, it, done, finite = jax.lax.while_loop(
+        g, loc, blocks, aux, lam, _, it, done, finite = jax.lax.while_loop(
             cond, body, state
         )
         return LMResult(
             g=g,
-            l=l,
+            loc=loc,
             blocks=blocks,
             aux=aux,
             iterations=it - 1,

@@ -388,21 +388,21 @@ class Objective(eqx.Module):
             [jnp.broadcast_to(theta, (logb.shape[0], p)), logb[:, None]], axis=1
         )
 
-    def simulate_window(self, u, l, w: int | Array, *, forward_mode: bool = True):
+    def simulate_window(self, u, loc, w: int | Array, *, forward_mode: bool = True):
         """Simulated CGM of window ``w`` (an index into the windows) [mg/dL]."""
         win = self.windows
         p = self.n_params
         params = self.params_from(u[:p])
         if self.daily_sensitivity:
-            params = eqx.tree_at(lambda q: q.vmx, params, params.vmx * jnp.exp(l[1]))
+            params = eqx.tree_at(lambda q: q.vmx, params, params.vmx * jnp.exp(loc[1]))
         b = jnp.where(win.graft_on[w], jnp.exp(u[p]), 0.0)
         t0 = win.t0[w]
         inputs = jax.tree.map(lambda x: x[w], win.inputs)
         if win.slots.shape[1] > 0:
-            meals = jnp.exp(l[self.meal_start :])
+            meals = jnp.exp(loc[self.meal_start :])
             inputs = _with_latent_meals(inputs, win.slots[w], meals)
         basal0 = inputs.basal_rate(t0)
-        g_start = steady_state_glucose(params, b=b, basal=basal0) * jnp.exp(l[0])
+        g_start = steady_state_glucose(params, b=b, basal=basal0) * jnp.exp(loc[0])
         y0 = steady_state_at_glucose(params, g_start, b=b, basal=basal0)
         controller = dfx.PIDController(rtol=self.model.rtol, atol=self.model.rtol)
         sim = simulate(
@@ -421,7 +421,7 @@ class Objective(eqx.Module):
         )
         return sim.cgm, sim.successful
 
-    def window_residual(self, u, l, w, noise, weights, *, aux: bool = False):
+    def window_residual(self, u, loc, w, noise, weights, *, aux: bool = False):
         """Weighted residuals of window ``w``: readings then local priors.
 
         ``noise = (sigma, phi)``: marginal SD of the CGM error [mg/dL] and its AR(1)
@@ -433,7 +433,7 @@ class Objective(eqx.Module):
         """
         sigma, phi = noise
         win = self.windows
-        pred, ok = self.simulate_window(u, l, w)
+        pred, ok = self.simulate_window(u, loc, w)
         obs, mask, cens = win.obs[w], win.mask[w], win.censor[w]
         use = mask & win.valid[w]
         is_exact = use & (cens == 0)
@@ -447,12 +447,12 @@ class Objective(eqx.Module):
         r = jnp.where(cens < 0, low, jnp.where(cens > 0, high, exact)) / sigma
         r = jnp.where(use, r, 0.0)
         r = jnp.where(ok, r, jnp.nan)
-        local = [l[:1] / self.prior.initial_glucose_log_sd]
+        local = [loc[:1] / self.prior.initial_glucose_log_sd]
         if self.daily_sensitivity:
-            local.append(l[1:2] / self.prior.daily_sensitivity_log_sd)
+            local.append(loc[1:2] / self.prior.daily_sensitivity_log_sd)
         if win.slots.shape[1] > 0:
             mean = self.model.meals.prior_mean_g
-            local.append(jnp.sqrt(2.0 / mean) * jnp.exp(0.5 * l[self.meal_start :]))
+            local.append(jnp.sqrt(2.0 / mean) * jnp.exp(0.5 * loc[self.meal_start :]))
         out = jnp.concatenate([r, *local])
         return (out, pred, ok) if aux else out
 
