@@ -241,9 +241,134 @@ def _run_metrics(args) -> int:
     return 0
 
 
+def _add_fit(sub) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit each patient's CGM record: graft function over time with its band",
+        description=(
+            "Fit the model to each patient's CGM record (MAP over all days, "
+            "Levenberg-Marquardt, Laplace band) and write, per patient, "
+            "graft_function.csv, parameters.csv, visits.csv, fit_summary.json and "
+            "fit.png, and for the run summary.csv and report.html. One patient's "
+            "failure is reported and the others go on."
+        ),
+    )
+    p.add_argument(
+        "data", nargs="+", metavar="DATA", help="CGM export files or folders"
+    )
+    p.add_argument(
+        "--patients", default=None, help="patients.csv (weight, transplant date)"
+    )
+    p.add_argument("--labs", default=None, help="labs.csv (HbA1c, C-peptide, ...)")
+    p.add_argument("--format", default="auto", help="input format (default: detect)")
+    p.add_argument("--tz", default=None, help="IANA time zone for naive timestamps")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--latent-meals",
+        action="store_true",
+        help="estimate unannounced meals (for records without complete meal logs)",
+    )
+    p.add_argument("--starts", type=int, default=2, help="starting points per patient")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting points")
+    p.set_defaults(func=_run_fit)
+
+
+def _patient_rows(sheet, patient_id):
+    """The patient's row of patients.csv, or None."""
+    if sheet is None:
+        return None
+    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _run_fit(args) -> int:
+    import warnings
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    _enable_float64()
+    import jax
+    import pandas as pd
+
+    from .data import read_labs, read_many, read_patients
+    from .fitting import FitModel, LatentMeals, fit_patient, visit_summary
+    from .report import build_report, write_patient_outputs, write_run_summary
+
+    console = Console()
+    out = Path(args.out)
+    sheet = read_patients(args.patients) if args.patients else None
+    labs = read_labs(args.labs, patients=sheet) if args.labs else None
+    patients = read_many(args.data, format=args.format, tz=args.tz)
+    model = FitModel(meals=LatentMeals()) if args.latent_meals else FitModel()
+    keys = jax.random.split(jax.random.key(args.seed), max(len(patients), 1))
+    rows, failures = [], {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("fitting", total=len(patients))
+        for patient, key in zip(patients, keys, strict=False):
+            pid = patient.patient_id
+            progress.update(task, description=f"fitting {pid}")
+            row = _patient_rows(sheet, pid)
+            weight = None if row is None else float(row["weight_kg"])
+            when = (
+                None
+                if row is None or pd.isna(row["transplant_date"])
+                else row["transplant_date"]
+            )
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = fit_patient(
+                        patient,
+                        model=model,
+                        weight_kg=weight,
+                        transplant_date=when,
+                        starts=args.starts,
+                        key=key,
+                    )
+                    visits = visit_summary(result, patient, patient_row=row, labs=labs)
+                    write_patient_outputs(result, visits, out)
+                for w in caught:
+                    console.print(f"[yellow]{pid}: {w.message}[/yellow]")
+                if not result.converged:
+                    console.print(f"[yellow]{pid}: {result.message}[/yellow]")
+                rows.append(visits)
+            except IsletfitError as err:
+                failures[pid] = str(err)
+            except Exception as err:  # one patient's failure must not stop the run
+                failures[pid] = f"{type(err).__name__}: {err}"
+            progress.advance(task)
+    write_run_summary(rows, failures, out)
+    report = build_report(out)
+    for pid, why in failures.items():
+        console.print(f"[red]{pid}: not fitted: {why}[/red]")
+    console.print(f"{len(rows)} of {len(patients)} patients fitted. Report: {report}")
+    return 0 if rows else 1
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild report.html of a fit output folder")
+    p.add_argument("dir", metavar="DIR", help="a folder written by 'isletfit fit'")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import build_report
+
+    print(f"Report: {build_report(args.dir)}")
+    return 0
+
+
 # --- sub-commands -------------------------------------------------------------------------
 # Each entry registers one sub-command; keep them in the order they appear in --help.
-_SUBCOMMANDS: list = [_add_demo, _add_metrics]
+_SUBCOMMANDS: list = [_add_demo, _add_fit, _add_metrics, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ from ._fit import FitResult as FitResult
 from ._fit import fit_patient as fit_patient
 from ._lm import LevenbergMarquardt as LevenbergMarquardt
 from ._problem import prepare_windows as prepare_windows
+from ._visits import graft_for_independence as graft_for_independence
+from ._visits import insulin_need_covered as insulin_need_covered
+from ._visits import visit_blocks as visit_blocks
+from ._visits import visit_summary as visit_summary
 
 __all__ = [
     "FitModel",
@@ -21,5 +25,9 @@ __all__ = [
     "Prior",
     "StudentTNoise",
     "fit_patient",
+    "graft_for_independence",
+    "insulin_need_covered",
     "prepare_windows",
+    "visit_blocks",
+    "visit_summary",
 ]

@@ -163,6 +163,11 @@ def _window_inputs(patient, basal_t, basal_r, *, starts, ends, weight_kg) -> Inp
     return Inputs.stack(per_window)
 
 
+def _where(patient: PatientData) -> str:
+    """The patient's source files, for error messages."""
+    return ", ".join(str(s) for s in patient.sources) or patient.patient_id
+
+
 def _bucket(n: int, size: int) -> int:
     return max(size, int(np.ceil(n / size)) * size)
 
@@ -205,7 +210,7 @@ def prepare_windows(
     step = float(model.step_min)
     per_day = round(MIN_PER_DAY / step)
     if len(patient.cgm) == 0:
-        raise InputError("no CGM readings to fit", field="cgm", file=patient.patient_id)
+        raise InputError("no CGM readings to fit", field="cgm", file=_where(patient))
     first_day = int(np.floor(patient.cgm.time_min.min() / MIN_PER_DAY))
     last_day = int(np.floor(patient.cgm.time_min.max() / MIN_PER_DAY))
     grid = resample(
@@ -222,7 +227,7 @@ def prepare_windows(
         raise InputError(
             f"no day has CGM readings in at least {model.min_coverage:.0%} of its "
             f"{step:g}-minute slots",
-            file=patient.patient_id,
+            file=_where(patient),
             field="cgm",
             expected="at least one well-covered day of CGM",
         )

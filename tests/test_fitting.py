@@ -1,0 +1,121 @@
+"""Fitting: the structured optimiser, window preparation, and recovery on a synthetic patient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isletfit.fitting import FitModel, LevenbergMarquardt, fit_patient, prepare_windows
+from isletfit.fitting._lm import blocks_from_jacobians, schur_covariance
+
+from fit_fixtures import REFERENCE, synthetic_patient
+
+
+def test_structured_lm_matches_dense_least_squares():
+    """A linear arrow problem: the LM solution and Schur covariance equal the dense ones."""
+    rng = np.random.default_rng(0)
+    n_w, m, ng, nl = 5, 12, 3, 2
+    ag = rng.standard_normal((n_w, m, ng))
+    al = rng.standard_normal((n_w, m, nl))
+    y = rng.standard_normal((n_w, m))
+    a0, y0 = rng.standard_normal((4, ng)), rng.standard_normal(4)
+
+    def linearise(g, loc):
+        rw = jnp.einsum("wmi,i->wm", ag, g) + jnp.einsum("wmi,wi->wm", al, loc) - y
+        r0 = a0 @ g - y0
+        return blocks_from_jacobians(
+            rw, jnp.asarray(ag), jnp.asarray(al), r0, jnp.asarray(a0)
+        ), rw
+
+    lm = LevenbergMarquardt(max_iter=50, atol=0.0, rtol=1e-14)
+    res = lm(linearise, jnp.zeros(ng), jnp.zeros((n_w, nl)))
+    # dense problem: unknowns [g, l_1, ..., l_W]
+    dense = np.zeros((n_w * m + 4, ng + n_w * nl))
+    for w in range(n_w):
+        dense[w * m : (w + 1) * m, :ng] = ag[w]
+        dense[w * m : (w + 1) * m, ng + w * nl : ng + (w + 1) * nl] = al[w]
+    dense[n_w * m :, :ng] = a0
+    rhs = np.concatenate([y.ravel(), y0])
+    x, *_ = np.linalg.lstsq(dense, rhs, rcond=None)
+    assert bool(res.converged)
+    np.testing.assert_allclose(res.g, x[:ng], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(res.loc.ravel(), x[ng:], rtol=1e-6, atol=1e-9)
+    cov_dense = np.linalg.inv(dense.T @ dense)[:ng, :ng]
+    np.testing.assert_allclose(schur_covariance(res.blocks), cov_dense, rtol=1e-8)
+
+
+def test_prepare_windows_cuts_days_pads_and_maps_study_days(tmp_path):
+    patient, _ = synthetic_patient(tmp_path / "p.csv", blocks=((-3, 2), (10, 2)))
+    windows, info = prepare_windows(
+        patient,
+        model=FitModel(),
+        weight_kg=70.0,
+        transplant_day=patient_day(patient, 0.0),
+    )
+    assert info.n_windows == 4 and windows.ts.shape == (8, 288)
+    study = np.asarray(windows.study_day)[:4]
+    np.testing.assert_allclose(study, [-2.5, -1.5, 10.5, 11.5])
+    assert list(np.asarray(windows.graft_on)[:4]) == [False, False, True, True]
+    assert not bool(windows.valid[4]) and not bool(windows.mask[4].any())
+    # interpolation weights sum to one on graft days, zero before infusion
+    np.testing.assert_allclose(np.asarray(windows.interp).sum(1)[:4], [0, 0, 1, 1])
+    # each window's solve starts 8 h before its midnight
+    np.testing.assert_allclose(
+        np.asarray(windows.t0)[:4] % 1440.0, (1440.0 - FitModel().warmup_min) % 1440.0
+    )
+
+
+def patient_day(patient, study_day):
+    """Days since the record's reference midnight of a study day."""
+    return float((REFERENCE - patient.reference_time.normalize()).days) + study_day
+
+
+def test_fit_recovers_graft_function_and_noise(tmp_path):
+    patient, truth = synthetic_patient(tmp_path / "p.csv", seed=3)
+    res = fit_patient(
+        patient,
+        weight_kg=70.0,
+        transplant_date=REFERENCE,
+        starts=1,
+        key=jax.random.key(0),
+    )
+    assert res.converged, res.message
+    # fit error close to the sensor noise (8 mg/dL)
+    assert 7.0 < res.rmse_mg_dl < 9.5
+    band = res.graft_band(np.array([-5.0, 31.0, 121.0]))
+    true_b = np.asarray(truth["graft"](jnp.asarray(band.study_day.to_numpy() + 0.5)))
+    assert band.estimate.iloc[0] == 0.0 and band.upper.iloc[0] == 0.0
+    np.testing.assert_allclose(band.estimate.iloc[1:], true_b[1:], rtol=0.15)
+    assert np.all(band.lower.to_numpy()[1:] < band.upper.to_numpy()[1:])
+    # parameters near the truth, with finite intervals
+    table = res.parameters().set_index("name")
+    assert table.loc["vmx", "value"] == pytest.approx(0.04, rel=0.15)
+    assert table.loc["kp1", "value"] == pytest.approx(5.9, rel=0.05)
+    assert np.all(np.isfinite(table.loc[["vmx", "kp1", "p2u"], ["lower", "upper"]]))
+    summary = res.summary()
+    assert summary["n_readings"] == 9 * 288 and summary["converged"]
+
+
+def test_visit_summary_reports_b_need_and_metrics(tmp_path):
+    from isletfit.fitting import visit_summary
+
+    patient, _ = synthetic_patient(tmp_path / "p.csv", seed=3)
+    res = fit_patient(
+        patient,
+        weight_kg=70.0,
+        transplant_date=REFERENCE,
+        starts=1,
+        key=jax.random.key(0),
+    )
+    table = visit_summary(res, patient)
+    assert list(table.visit) == [0, 1, 2] and list(table.n_days) == [3, 3, 3]
+    assert table.graft_b.iloc[0] == 0.0 and table.insulin_u_per_day.iloc[0] > 20.0
+    assert table.graft_b.is_monotonic_increasing
+    assert np.all(table.need_covered_lower <= table.need_covered + 1e-12)
+    assert np.all(table.need_covered <= table.need_covered_upper + 1e-12)
+    # the last visit's graft (B ≈ 0.68) holds fasting glucose without insulin
+    assert (
+        table.p_insulin_independent.iloc[-1] > 0.9
+        and table.need_covered.iloc[-1] == 1.0
+    )
+    assert 0 < table.tir_70_180_percent.iloc[0] <= 100
