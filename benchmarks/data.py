@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from common import machine, parse_args, report, timed
 
 sys.path.insert(

@@ -26,6 +26,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from common import machine, parse_args, report, timed
 
 jax.config.update("jax_enable_x64", True)

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tree_allclose
 
 import isletfit.metrics as M
+
+from helpers import tree_allclose
 
 STEP = 5.0
 

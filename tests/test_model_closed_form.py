@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 import scipy.linalg
-from model_fixtures import TIGHT, WEIGHT
 
 from isletfit.model import PMOL_PER_U, Inputs, Params, State, simulate, steady_state
+
+from model_fixtures import TIGHT, WEIGHT
 
 
 def test_subcutaneous_insulin_after_one_bolus():

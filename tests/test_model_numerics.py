@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_fixtures import TIGHT, WEIGHT, day_grid, one_day_inputs
 
 from isletfit.model import (
     Inputs,
@@ -17,6 +16,8 @@ from isletfit.model import (
     simulate,
     stack_params,
 )
+
+from model_fixtures import TIGHT, WEIGHT, day_grid, one_day_inputs
 
 
 def test_states_stay_non_negative_under_extreme_inputs():

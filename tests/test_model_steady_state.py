@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from model_fixtures import TIGHT, WEIGHT
 
 from isletfit.model import (
     Inputs,
@@ -14,6 +13,8 @@ from isletfit.model import (
     steady_state_glucose,
     vector_field,
 )
+
+from model_fixtures import TIGHT, WEIGHT
 
 
 @pytest.mark.parametrize(
