@@ -320,7 +320,7 @@ def prepare_windows(
         knot_days=jnp.asarray(knot_days),
         knot_valid=jnp.asarray(knot_valid),
         slots=jnp.asarray(padded(slots, None)),
-        inputs=jax.tree.map(lambda x: padded(np.asarray(x), None), inputs),
+        inputs=jax.tree.map(lambda x: jnp.asarray(padded(np.asarray(x), None)), inputs),
     )
     info = WindowInfo(
         patient_id=patient.patient_id,
@@ -426,7 +426,9 @@ class Objective(eqx.Module):
         )
         return sim.cgm, sim.successful
 
-    def window_residual(self, u, loc, w, noise, weights, *, aux: bool = False):
+    def window_residual(
+        self, u, loc, w, noise, weights, *, aux: bool = False, forward_mode: bool = True
+    ):
         """Weighted residuals of window ``w``: readings then local priors.
 
         ``noise = (sigma, phi)``: marginal SD of the CGM error [mg/dL] and its AR(1)
@@ -434,11 +436,12 @@ class Objective(eqx.Module):
         the sum of squares is the exact Gaussian AR(1) likelihood: the first reading of
         each run is e/σ, the next ones (e_t − φ e_{t−1})/(σ√(1−φ²)). Censored readings
         contribute a hinge (only when the model is on the wrong side of the device
-        limit). With ``aux=True`` also returns the predicted CGM and solver success.
+        limit). With ``aux=True`` also returns the predicted CGM and solver success;
+        ``forward_mode=False`` makes the solve reverse-differentiable (for gradients).
         """
         sigma, phi = noise
         win = self.windows
-        pred, ok = self.simulate_window(u, loc, w)
+        pred, ok = self.simulate_window(u, loc, w, forward_mode=forward_mode)
         obs, mask, cens = win.obs[w], win.mask[w], win.censor[w]
         use = mask & win.valid[w]
         is_exact = use & (cens == 0)

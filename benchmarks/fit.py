@@ -1,0 +1,267 @@
+"""Fitting speed: one patient, 6 visits x 14 days of 5-minute CGM, cold and warm.
+
+A synthetic transplant recipient (tests/fit_fixtures.py: known parameters and graft,
+8 mg/dL sensor noise) is fitted with `isletfit.fitting.fit_patient`: wall time of the
+first call (with compilation) and of a second call (compiled). In the same run:
+
+- the baseline the issue names: the same model and objective written without JAX
+  (benchmarks/scipy_baseline.py: numpy vector field, ``solve_ivp(LSODA)`` between
+  events, ``least_squares`` with a finite-difference Jacobian and its sparsity pattern),
+  from the same start, with the CGM error SD and AR(1) coefficient fixed at isletfit's
+  estimates; its wall time, the ratio, and both fits' RMSE;
+- a cross-check of the two implementations: the largest CGM difference at the same
+  parameters;
+- the optimiser comparison: Levenberg–Marquardt (isletfit's) against L-BFGS
+  (optimistix, reverse-mode gradients) on the same objective from the same start.
+
+Run: ``python benchmarks/fit.py [--quick] [--json]``. The full run takes tens of minutes
+on a 2-core CPU (the scipy baseline dominates); ``--quick`` uses 2 visits x 2 days and
+skips L-BFGS.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse
+
+from common import machine, parse_args, report
+
+jax.config.update("jax_enable_x64", True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import equinox as eqx  # noqa: E402
+import optimistix as optx  # noqa: E402
+import scipy_baseline  # noqa: E402
+
+from isletfit.fitting import FitModel, LevenbergMarquardt, Prior, fit_patient  # noqa: E402
+from isletfit.fitting._fit import _pad_events, _solve  # noqa: E402
+from isletfit.fitting._problem import Objective, prepare_windows  # noqa: E402
+
+from fit_fixtures import REFERENCE, synthetic_patient  # noqa: E402
+
+
+def scipy_problem(obj: Objective, n_windows: int, n_knots: int, noise) -> dict:
+    """The same windows, inputs, priors and unknowns, as plain numpy for scipy."""
+    win, prior = obj.windows, obj.prior
+    base = {
+        k: float(getattr(obj.model.params, k))
+        for k in obj.model.params.__dataclass_fields__
+    }
+    inputs = jax.tree.map(np.asarray, win.inputs)
+    windows = []
+    for w in range(n_windows):
+        mt, mm = inputs.meal_t[w], inputs.meal[w]
+        bt, bb = inputs.bolus_t[w], inputs.bolus[w]
+        st, sr = inputs.basal_t[w], inputs.basal[w]
+        events = {}
+        for t, m in zip(mt[np.isfinite(mt)], mm[np.isfinite(mt)], strict=True):
+            events.setdefault(float(t), [0.0, 0.0])[0] += float(m)
+        for t, u in zip(bt[np.isfinite(bt)], bb[np.isfinite(bt)], strict=True):
+            events.setdefault(float(t), [0.0, 0.0])[1] += float(u)
+        seg_t, seg_r = st[np.isfinite(st)], sr[np.isfinite(st)]
+
+        def basal_rate(t, seg_t=seg_t, seg_r=seg_r):
+            i = np.searchsorted(seg_t, t, side="right") - 1
+            return float(seg_r[i]) if i >= 0 else 0.0
+
+        windows.append(
+            {
+                "t0": float(win.t0[w]),
+                "ts": np.asarray(win.ts[w]),
+                "obs": np.asarray(win.obs[w]),
+                "mask": np.asarray(win.mask[w] & (win.censor[w] == 0)),
+                "events": sorted((t, m, u) for t, (m, u) in events.items()),
+                "basal_t": seg_t,
+                "basal_rate": basal_rate,
+                "interp": np.asarray(win.interp[w, :n_knots]),
+                "graft_on": bool(win.graft_on[w]),
+            }
+        )
+    p = len(prior.estimated)
+    t_len = windows[0]["ts"].size
+    n_rows = n_windows * t_len + p + 1 + (n_knots - 1) + 2 * n_windows
+    n_cols = p + n_knots + 2 * n_windows
+    sparsity = scipy.sparse.lil_matrix((n_rows, n_cols), dtype=int)
+    for w, wd in enumerate(windows):
+        rows = slice(w * t_len, (w + 1) * t_len)
+        sparsity[rows, :p] = 1
+        for k in np.flatnonzero(wd["interp"]):
+            sparsity[rows, p + k] = 1
+        sparsity[rows, p + n_knots + 2 * w : p + n_knots + 2 * w + 2] = 1
+    r = n_windows * t_len
+    for i in range(p):
+        sparsity[r + i, i] = 1
+    sparsity[r + p, p] = 1
+    for k in range(n_knots - 1):
+        sparsity[r + p + 1 + k, p + k : p + k + 2] = 1
+    r0 = r + p + n_knots
+    for w in range(n_windows):
+        sparsity[r0 + w, p + n_knots + 2 * w] = 1
+        sparsity[r0 + n_windows + w, p + n_knots + 2 * w + 1] = 1
+    dt = np.diff(np.asarray(win.knot_days[:n_knots]))
+    return {
+        "base": base,
+        "names": list(prior.estimated),
+        "n_knots": n_knots,
+        "windows": windows,
+        "sigma": float(noise[0]),
+        "phi": float(noise[1]),
+        "theta_prior": np.asarray(obj.prior_centre()),
+        "theta_sd": np.asarray(prior.log_sd),
+        "knot_level": np.log(prior.graft_median),
+        "knot_level_sd": prior.graft_log_sd,
+        "rw_sd": prior.graft_rw_sigma * np.sqrt(dt),
+        "glucose_sd": prior.initial_glucose_log_sd,
+        "sensitivity_sd": prior.daily_sensitivity_log_sd,
+        "sparsity": sparsity.tocsr(),
+    }
+
+
+def rmse_of(problem, x) -> float:
+    """RMSE [mg/dL] of the scipy fit's CGM against the readings."""
+    names, p, k = problem["names"], len(problem["names"]), problem["n_knots"]
+    local = x[p + k :].reshape(len(problem["windows"]), 2)
+    err = []
+    for w, win in enumerate(problem["windows"]):
+        par = dict(problem["base"])
+        par.update({n: float(np.exp(t)) for n, t in zip(names, x[:p], strict=True)})
+        par["vmx"] *= float(np.exp(local[w, 1]))
+        b = float(np.exp(win["interp"] @ x[p : p + k])) if win["graft_on"] else 0.0
+        pred = scipy_baseline.simulate_window(par, b, win, float(np.exp(local[w, 0])))
+        err.append((pred - win["obs"])[win["mask"]])
+    err = np.concatenate(err)
+    return float(np.sqrt(np.mean(err**2)))
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    figures: dict = {f"machine_{k}": v for k, v in machine().items()}
+    blocks = (
+        ((-7, 2), (60, 2))
+        if args.quick
+        else tuple((d, 14) for d in (-14, 30, 90, 180, 270, 365))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        patient, _ = synthetic_patient(Path(tmp) / "p.csv", seed=1, blocks=blocks)
+    kw = dict(weight_kg=70.0, transplant_date=REFERENCE)
+    start = time.perf_counter()
+    res = fit_patient(patient, key=jax.random.key(0), **kw)
+    figures["isletfit_cold_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    res = fit_patient(patient, key=jax.random.key(1), **kw)
+    figures["isletfit_warm_s"] = time.perf_counter() - start
+    figures["isletfit_rmse_mg_dl"] = res.rmse_mg_dl
+    figures["isletfit_iterations"] = res.iterations
+    figures["windows"] = res.info.n_windows
+    figures["readings"] = res.n_readings
+
+    # ---- the same objective, one start, fixed noise: LM vs L-BFGS vs scipy
+    model, prior = FitModel(), Prior()
+    windows, info = prepare_windows(
+        patient,
+        model=model,
+        **{
+            "weight_kg": 70.0,
+            "transplant_day": float(
+                (REFERENCE - patient.reference_time.normalize()).days
+            ),
+        },
+    )
+    windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
+    obj = Objective(windows=windows, model=model, prior=prior)
+    noise = (jnp.asarray(res.sigma_mg_dl), jnp.asarray(res.ar1))
+    p = obj.n_params
+    g0 = jnp.concatenate(
+        [
+            obj.prior_centre(),
+            jnp.where(windows.knot_valid, jnp.log(prior.graft_median), 0.0),
+        ]
+    )
+    l0 = jnp.zeros((windows.ts.shape[0], obj.n_local))
+    weights = jnp.ones(windows.obs.shape)
+    lm = LevenbergMarquardt()
+    out = _solve(obj, lm, g0, l0, noise, weights, jnp.asarray(lm.max_iter))  # compile
+    start = time.perf_counter()
+    out = jax.block_until_ready(
+        _solve(obj, lm, g0, l0, noise, weights, jnp.asarray(lm.max_iter))
+    )
+    figures["lm_s"] = time.perf_counter() - start
+    figures["lm_cost"] = float(out.blocks.cost)
+    figures["lm_iterations"] = int(out.iterations)
+
+    def value(z, _):
+        g, loc = z
+        u = obj.to_window(g)
+        rw = jax.vmap(
+            lambda uw, lw, w, wt: obj.window_residual(
+                uw, lw, w, noise, wt, forward_mode=False
+            )
+        )(u, loc, jnp.arange(u.shape[0]), weights)
+        r0 = obj.global_residual(g)
+        return 0.5 * (jnp.sum(rw**2) + jnp.sum(r0**2))
+
+    if not args.quick:
+        solver = optx.LBFGS(rtol=1e-8, atol=1e-8)
+        run = eqx.filter_jit(
+            lambda z: optx.minimise(value, solver, z, max_steps=1000, throw=False)
+        )
+        sol = run((g0, l0))
+        start = time.perf_counter()
+        sol = jax.block_until_ready(run((g0, l0)))
+        figures["lbfgs_s"] = time.perf_counter() - start
+        figures["lbfgs_cost"] = float(value(sol.value, None))
+        figures["lbfgs_steps"] = int(sol.stats["num_steps"])
+        figures["lbfgs_over_lm_time_ratio"] = figures["lbfgs_s"] / figures["lm_s"]
+
+    # ---- the scipy baseline on the same problem
+    n_windows, n_knots = info.n_windows, info.n_knots
+    problem = scipy_problem(obj, n_windows, n_knots, noise)
+    x_start = np.concatenate(
+        [np.asarray(g0[:p]), np.asarray(g0[p : p + n_knots]), np.zeros(2 * n_windows)]
+    )
+    # cross-check of the two implementations at the isletfit optimum
+    x_fit = np.concatenate(
+        [
+            np.asarray(out.g[:p]),
+            np.asarray(out.g[p : p + n_knots]),
+            np.asarray(out.loc[:n_windows]).ravel(),
+        ]
+    )
+    figures["cross_check_rmse_difference_mg_dl"] = abs(
+        rmse_of(problem, x_fit)
+        - float(
+            np.sqrt(
+                np.mean(
+                    (
+                        np.asarray(out.aux[0])[:n_windows]
+                        - np.asarray(windows.obs)[:n_windows]
+                    )[np.asarray(windows.mask & (windows.censor == 0))[:n_windows]]
+                    ** 2
+                )
+            )
+        )
+    )
+    start = time.perf_counter()
+    result, _ = scipy_baseline.fit(problem, x_start, max_nfev=None)
+    figures["scipy_s"] = time.perf_counter() - start
+    figures["scipy_nfev"] = int(result.nfev)
+    figures["scipy_cost"] = float(result.cost)
+    figures["scipy_rmse_mg_dl"] = rmse_of(problem, result.x)
+    figures["scipy_over_isletfit_warm_ratio"] = (
+        figures["scipy_s"] / figures["isletfit_warm_s"]
+    )
+    figures["scipy_over_isletfit_cold_ratio"] = (
+        figures["scipy_s"] / figures["isletfit_cold_s"]
+    )
+    report(figures, as_json=args.json, title="isletfit fit of one patient")
+
+
+if __name__ == "__main__":
+    main()
