@@ -1,5 +1,6 @@
 """Fitting the model to a patient's CGM record: MAP with a Laplace band on B(t)."""
 
+from ._config import POPULATION_LOG_SD as POPULATION_LOG_SD
 from ._config import FitModel as FitModel
 from ._config import GaussianNoise as GaussianNoise
 from ._config import LatentMeals as LatentMeals
@@ -8,6 +9,9 @@ from ._config import Prior as Prior
 from ._config import StudentTNoise as StudentTNoise
 from ._fit import FitResult as FitResult
 from ._fit import fit_patient as fit_patient
+from ._identifiability import FisherInformation as FisherInformation
+from ._identifiability import fisher_information as fisher_information
+from ._identifiability import select_parameters as select_parameters
 from ._lm import LevenbergMarquardt as LevenbergMarquardt
 from ._problem import prepare_windows as prepare_windows
 from ._visits import graft_for_independence as graft_for_independence
@@ -16,6 +20,8 @@ from ._visits import visit_blocks as visit_blocks
 from ._visits import visit_summary as visit_summary
 
 __all__ = [
+    "POPULATION_LOG_SD",
+    "FisherInformation",
     "FitModel",
     "FitResult",
     "GaussianNoise",
@@ -24,10 +30,12 @@ __all__ = [
     "LoggedMeals",
     "Prior",
     "StudentTNoise",
+    "fisher_information",
     "fit_patient",
     "graft_for_independence",
     "insulin_need_covered",
     "prepare_windows",
+    "select_parameters",
     "visit_blocks",
     "visit_summary",
 ]

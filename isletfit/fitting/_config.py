@@ -9,6 +9,7 @@ import equinox as eqx
 from ..model import Params
 
 __all__ = [
+    "POPULATION_LOG_SD",
     "FitModel",
     "GaussianNoise",
     "LatentMeals",
@@ -16,6 +17,34 @@ __all__ = [
     "Prior",
     "StudentTNoise",
 ]
+
+
+#: Between-patient variability of `Params` fields: SD of log(value) [-], estimated as a
+#: quarter of the log of the max/min ratio over the ten UVA/Padova adults as
+#: distributed in simglucose 0.2.11 (see reference/domain.md §3.2), and for the
+#: absorption rates from the ReplayBG priors (Cappon et al. 2023: log-normal SDs of
+#: kd 0.62, ka2 0.43, kabs 1.44, kempt 0.71). Fields not listed are the same in every
+#: patient of those populations (e.g. f = 0.9, Fsnc = 1, HEb = 0.6) or define B itself
+#: (the secretion curve), and are fixed.
+POPULATION_LOG_SD: dict[str, float] = {
+    "vmx": 0.46,
+    "kp1": 0.18,
+    "kp2": 0.30,
+    "kp3": 0.41,
+    "p2u": 0.29,
+    "ki": 0.43,
+    "vm0": 0.37,
+    "km0": 0.085,
+    "vg": 0.07,
+    "vi": 0.20,
+    "m4": 0.20,
+    "tau_sensor": 0.26,
+    "kabs": 0.70,
+    "kmax": 0.30,
+    "kmin": 0.30,
+    "kd": 0.62,
+    "ka2": 0.43,
+}
 
 
 class GaussianNoise(eqx.Module):
@@ -78,8 +107,9 @@ class Prior(eqx.Module):
         estimated: Names of the `Params` fields estimated per patient (the rest stay at
             the model's values). The default set comes from the identifiability
             analysis in ``docs/identifiability.md``.
-        log_sd: Prior SD of log(value) for each estimated field, in the same order
-            (between-patient variability; a log-SD of 0.3 is about ±30 %).
+        log_sd: Prior SD of log(value) for each estimated field, in the same order: the
+            between-patient variability `POPULATION_LOG_SD` (a log-SD of 0.3 is about
+            ±30 %).
         graft_median: Prior median of B on the first knot after infusion [-].
         graft_log_sd: Prior SD of log B on that knot [-].
         graft_rw_sigma: Random-walk scale of log B between knots [1/sqrt(day)].
@@ -90,8 +120,8 @@ class Prior(eqx.Module):
             it is not mistaken for a change of the graft); 0 turns it off [-].
     """
 
-    estimated: tuple[str, ...] = ("vmx", "kp1", "p2u")
-    log_sd: tuple[float, ...] = (0.5, 0.2, 0.4)
+    estimated: tuple[str, ...] = ("vmx", "kp1", "kabs", "kmax", "kmin", "kd")
+    log_sd: tuple[float, ...] = (0.46, 0.18, 0.70, 0.30, 0.30, 0.62)
     graft_median: float = 0.3
     graft_log_sd: float = 2.0
     graft_rw_sigma: float = 0.15
@@ -126,6 +156,8 @@ class FitModel(eqx.Module):
             on synthetic patients.
         min_coverage: Fraction of a day's CGM slots needed to use that day [-].
         rtol: Relative (and absolute) tolerance of the ODE solver.
+        max_steps: Solver steps allowed per day-window (a day takes 500–1000); a trial
+            point that needs more is rejected by the optimiser instead of stalling it.
         noise: `GaussianNoise` or `StudentTNoise`.
         meals: `LoggedMeals` or `LatentMeals`.
         low_mg_dl: Device low limit of censored 'Low' readings [mg/dL].
@@ -138,6 +170,7 @@ class FitModel(eqx.Module):
     warmup_min: float = 480.0
     min_coverage: float = 0.5
     rtol: float = 1e-5
+    max_steps: int = 4096
     noise: GaussianNoise | StudentTNoise = GaussianNoise()
     meals: LoggedMeals | LatentMeals = LoggedMeals()
     low_mg_dl: float = 40.0

@@ -71,7 +71,7 @@ def blocks_from_jacobians(rw, jg, jl, r0, j0) -> Blocks:
 
 
 def _solve(blocks: Blocks, lam):
-    """Damped step (dg, dl) and the decrease the linear model predicts."""
+    """Damped Gauss–Newton step (dg, dl) by elimination of the local blocks."""
     hgg, bg, hll, hgl, bl = blocks.hgg, blocks.bg, blocks.hll, blocks.hgl, blocks.bl
     ng, nl = hgg.shape[0], hll.shape[-1]
     dg_diag = jnp.maximum(jnp.diag(hgg), 1e-9)
@@ -84,14 +84,17 @@ def _solve(blocks: Blocks, lam):
     rhs = -bg + jnp.einsum("wgj,wj->g", k, bl)
     dg = jnp.linalg.solve(schur, rhs) if ng > 0 else rhs
     dl = -jnp.einsum("wij,wj->wi", hll_inv, bl + jnp.einsum("wgi,g->wi", hgl, dg))
-    # predicted decrease of the undamped quadratic model: -(δ·b) - δᵀHδ/2
+    return dg, dl
+
+
+def _predicted_decrease(blocks: Blocks, dg, dl):
+    """Decrease of ½‖r‖² the linear model predicts for the step (dg, dl)."""
     quad = (
-        dg @ hgg @ dg
-        + 2.0 * jnp.einsum("g,wgi,wi->", dg, hgl, dl)
-        + jnp.einsum("wi,wij,wj->", dl, hll, dl)
+        dg @ blocks.hgg @ dg
+        + 2.0 * jnp.einsum("g,wgi,wi->", dg, blocks.hgl, dl)
+        + jnp.einsum("wi,wij,wj->", dl, blocks.hll, dl)
     )
-    predicted = -(dg @ bg + jnp.sum(dl * bl)) - 0.5 * quad
-    return dg, dl, predicted
+    return -(dg @ blocks.bg + jnp.sum(dl * blocks.bl)) - 0.5 * quad
 
 
 def schur_covariance(blocks: Blocks) -> Float[Array, "ng ng"]:
@@ -142,6 +145,8 @@ class LevenbergMarquardt(eqx.Module):
         lambda0: Initial damping.
         screen_iter: Iterations given to each starting point before the best one is
             continued (multi-start screening).
+        max_step: Largest change of any unknown in one step (a trust bound on the log
+            scale: 1 is a factor e); longer Gauss–Newton steps are shortened.
     """
 
     max_iter: int = 60
@@ -150,6 +155,7 @@ class LevenbergMarquardt(eqx.Module):
     xtol: float = 1e-7
     lambda0: float = 1e-2
     screen_iter: int = 4
+    max_step: float = 1.0
 
     def __call__(
         self,
@@ -188,7 +194,13 @@ class LevenbergMarquardt(eqx.Module):
         def body(state):
             g, loc, blocks, aux, lam, nu, it, _, finite = state
             first = it == 0
-            dg, dl, predicted = _solve(blocks, lam)
+            dg, dl = _solve(blocks, lam)
+            size = jnp.maximum(
+                jnp.max(jnp.abs(dg), initial=0.0), jnp.max(jnp.abs(dl), initial=0.0)
+            )
+            shrink = jnp.minimum(1.0, self.max_step / jnp.maximum(size, 1e-300))
+            dg, dl = dg * shrink, dl * shrink
+            predicted = _predicted_decrease(blocks, dg, dl)
             g_c = jnp.where(first, g, g + dg)
             l_c = jnp.where(first, loc, loc + dl)
             blocks_c, aux_c = linearise(g_c, l_c)

@@ -30,6 +30,7 @@ from ..model import (
     MIN_PER_DAY,
     Inputs,
     Params,
+    param_info,
     simulate,
     steady_state_at_glucose,
     steady_state_glucose,
@@ -370,12 +371,21 @@ class Objective(eqx.Module):
         return 1 + int(self.daily_sensitivity)
 
     def params_from(self, theta: Float[Array, " p"]) -> Params:
-        """`Params` with the estimated fields set to exp(theta)."""
+        """`Params` with the estimated fields set to exp(theta).
+
+        Values are confined to each field's physiological bounds (`param_info`), so a
+        trial step of the optimiser can never hand the solver an absurd, stiff model.
+        """
         names = self.prior.estimated
+        bounds = {r["name"]: (r["lower"], r["upper"]) for r in param_info()}
+        values = []
+        for i, n in enumerate(names):
+            lo, hi = bounds[n]
+            values.append(jnp.clip(jnp.exp(theta[i]), max(lo, 1e-12), hi))
         return eqx.tree_at(
             lambda p: tuple(getattr(p, n) for n in names),
             self.model.params,
-            tuple(jnp.exp(theta[i]) for i in range(len(names))),
+            tuple(values),
         )
 
     def prior_centre(self) -> Float[Array, " p"]:
@@ -419,7 +429,7 @@ class Objective(eqx.Module):
             t0=t0,
             save_state=False,
             stepsize_controller=controller,
-            max_steps=16384,
+            max_steps=self.model.max_steps,
             adjoint=dfx.ForwardMode()
             if forward_mode
             else dfx.RecursiveCheckpointAdjoint(),
