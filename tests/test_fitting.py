@@ -119,3 +119,29 @@ def test_visit_summary_reports_b_need_and_metrics(tmp_path):
         and table.need_covered.iloc[-1] == 1.0
     )
     assert 0 < table.tir_70_180_percent.iloc[0] <= 100
+
+
+@pytest.mark.slow
+def test_latent_meals_recover_the_graft_when_meal_logs_are_withheld(tmp_path):
+    from isletfit.fitting import LatentMeals
+
+    blocks = ((-7, 3), (30, 3), (90, 3), (180, 3))
+    logged, truth = synthetic_patient(tmp_path / "a.csv", seed=2, blocks=blocks)
+    unlogged, _ = synthetic_patient(
+        tmp_path / "b.csv", seed=2, blocks=blocks, log_meals=False
+    )
+    assert len(unlogged.carbs) == 0 and len(logged.carbs) > 0
+    days = np.array([31.0, 91.0, 181.0])
+    true_b = np.asarray(truth["graft"](jnp.asarray(days + 0.5)))
+    kw = dict(weight_kg=70.0, transplant_date=REFERENCE, key=jax.random.key(0))
+    with_logs = fit_patient(logged, **kw).graft_band(days)
+    latent = fit_patient(unlogged, model=FitModel(meals=LatentMeals()), **kw)
+    band = latent.graft_band(days)
+    assert latent.rmse_mg_dl < 12.0  # the latent meals explain the excursions
+    assert np.all((band.lower <= true_b) & (true_b <= band.upper))
+    # ignoring the missing meals instead is far worse
+    ignored = fit_patient(unlogged, **kw)
+    assert ignored.rmse_mg_dl > 3 * latent.rmse_mg_dl
+    # the price of missing logs: wider bands
+    width = lambda b: np.log(b.upper / b.lower)  # noqa: E731
+    assert np.all(width(band) > 2 * width(with_logs))

@@ -83,7 +83,10 @@ class LatentMeals(eqx.Module):
     Each window gets candidate meal slots every ``slot_min`` minutes between
     ``first_hour`` and ``last_hour`` of its day (and of the warm-up before it); each
     slot's carbohydrate is exp(θ) [g] with an exponential (sparsity) prior of mean
-    ``prior_mean_g``, so most slots shrink to nothing and a few take the meals.
+    ``prior_mean_g``, so most slots shrink to nothing and a few take the meals. The
+    prior mean is that of a real meal (50 g): a smaller one taxes carbohydrate so much
+    that the fit prefers small meals and a weak graft (B biased low on synthetic
+    patients); at 50 g the bands covered the true B with the logs withheld.
 
     Attributes:
         slot_min: Spacing of candidate meal times [min].
@@ -96,8 +99,8 @@ class LatentMeals(eqx.Module):
     slot_min: float = 60.0
     first_hour: float = 5.0
     last_hour: float = 23.0
-    prior_mean_g: float = 10.0
-    init_g: float = 5.0
+    prior_mean_g: float = 50.0
+    init_g: float = 10.0
 
 
 class Prior(eqx.Module):
