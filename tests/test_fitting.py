@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from isletfit.fitting import FitModel, LevenbergMarquardt, fit_patient, prepare_windows
+from isletfit.model import MechanisticGraft
 from isletfit.fitting._lm import blocks_from_jacobians, schur_covariance
 
 from fit_fixtures import REFERENCE, synthetic_patient
@@ -145,3 +146,41 @@ def test_latent_meals_recover_the_graft_when_meal_logs_are_withheld(tmp_path):
     # the price of missing logs: wider bands
     width = lambda b: np.log(b.upper / b.lower)  # noqa: E731
     assert np.all(width(band) > 2 * width(with_logs))
+
+
+@pytest.mark.slow
+def test_no_graft_patient_gets_b_near_zero(tmp_path):
+    graft = MechanisticGraft(infusion_day=0.0, engrafted=0.0)
+    patient, _ = synthetic_patient(
+        tmp_path / "p.csv", seed=5, graft=graft, blocks=((-7, 3), (90, 3), (180, 3))
+    )
+    res = fit_patient(
+        patient, weight_kg=70.0, transplant_date=REFERENCE, key=jax.random.key(0)
+    )
+    band = res.graft_band(np.array([91.0, 181.0]))
+    assert res.converged and res.rmse_mg_dl < 10.0
+    assert np.all(band.estimate < 0.05) and np.all(band.upper < 0.1)
+
+
+@pytest.mark.slow
+def test_insulin_independent_patient_without_any_insulin_record(tmp_path):
+    graft = MechanisticGraft(
+        infusion_day=0.0, engrafted=0.9, onset_lag=20.0, tau_maturation=30.0
+    )
+    patient, truth = synthetic_patient(
+        tmp_path / "p.csv",
+        seed=6,
+        graft=graft,
+        blocks=((180, 3), (270, 3)),
+        insulin=False,
+    )
+    assert len(patient.boluses) == 0 and len(patient.basal) == 0
+    res = fit_patient(
+        patient, weight_kg=70.0, transplant_date=REFERENCE, key=jax.random.key(0)
+    )
+    days = np.array([181.0, 271.0])
+    band = res.graft_band(days)
+    true_b = np.asarray(truth["graft"](jnp.asarray(days + 0.5)))
+    assert res.converged and res.rmse_mg_dl < 10.0
+    assert np.all((band.lower <= true_b) & (true_b <= band.upper))
+    assert np.all(band.estimate > 0.4)
