@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from isletfit.fitting import FitModel, LevenbergMarquardt, fit_patient, prepare_windows
-from isletfit.model import MechanisticGraft
 from isletfit.fitting._lm import blocks_from_jacobians, schur_covariance
+from isletfit.model import MechanisticGraft
 
 from fit_fixtures import REFERENCE, synthetic_patient
 
