@@ -29,3 +29,11 @@ def test_parameter_table_matches_the_code():
     for info in param_info():
         assert info["name"] in rows, info["name"]
         assert float(rows[info["name"]]) == float(f"{info['default']:g}"), info["name"]
+
+
+def test_every_python_block_is_valid_python():
+    text = README.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python")[1:]]
+    assert len(blocks) >= 2
+    for k, code in enumerate(blocks):
+        compile(code, f"README.md block {k}", "exec")
