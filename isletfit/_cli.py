@@ -65,7 +65,7 @@ def _run_demo(args) -> int:
     from ._io import atomic_write_text
 
     _enable_float64()
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(
         "Simulating one virtual recipient before and after an islet infusion ..."
     )
@@ -94,6 +94,117 @@ def _run_demo(args) -> int:
     atomic_write_text(out / "demo_summary.csv", "\n".join(lines) + "\n")
     console.print(
         f"Figure: {figure}  Table: {out / 'demo_summary.csv'}  ({result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a virtual transplant cohort (zimislecel-like) to CSV files",
+        description=(
+            "Simulate a zimislecel-like islet-transplant trial patient by patient "
+            "(isletfit.cohort.zimislecel_like): baseline on basal-bolus insulin, "
+            "infusion on day 0, CGM blocks at visits (days -14, 30, 90, 180, 270, "
+            "365), labs and insulin titration. Writes DIR/cgm/<patient>.csv (generic "
+            "CSV), DIR/patients.csv, DIR/labs.csv, DIR/truth.csv (true graft function "
+            "per day and true parameters) and DIR/visits.csv."
+        ),
+    )
+    p.add_argument("--patients", type=int, default=12, help="number of patients")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cohort")
+    p.add_argument("--out", default="isletfit-cohort", help="output folder")
+    p.add_argument(
+        "--block-days",
+        type=int,
+        default=14,
+        help="CGM days per visit (default 14)",
+    )
+    p.add_argument(
+        "--start-date",
+        default="2024-01-01",
+        help="infusion date of the first patient, YYYY-MM-DD (one a week after)",
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=128, help="patients simulated at once"
+    )
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args) -> int:
+    import datetime as dt
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._errors import InputError
+
+    for name, value, low in (
+        ("--patients", args.patients, 1),
+        ("--block-days", args.block_days, 1),
+        ("--chunk-size", args.chunk_size, 1),
+    ):
+        if value < low:
+            raise InputError(
+                f"{value} is too small", field=name, expected=f"an integer >= {low}"
+            )
+    try:
+        dt.date.fromisoformat(args.start_date)
+    except ValueError:
+        raise InputError(
+            f"cannot read {args.start_date!r}",
+            field="--start-date",
+            expected="a date as YYYY-MM-DD",
+        ) from None
+    _enable_float64()
+    import jax
+
+    from .cohort import VisitPlan, simulate_cohort, write_cohort, zimislecel_like
+
+    console = Console(soft_wrap=True)
+    console.print(
+        f"Simulating {args.patients} virtual transplant recipients (seed {args.seed}) ..."
+    )
+    cohort = simulate_cohort(
+        zimislecel_like(),
+        args.patients,
+        key=jax.random.key(args.seed),
+        visits=VisitPlan(block_days=args.block_days),
+        chunk_size=args.chunk_size,
+        progress=lambda done, total: console.print(f"  {done}/{total} patients"),
+    )
+    paths = write_cohort(cohort, Path(args.out), start_date=args.start_date)
+    vt = cohort.visit_table()
+    vt = vt[~vt["failed"]]
+    table = Table(title="Virtual cohort, mean per visit")
+    columns = [
+        ("b", "true B", "{:.2f}"),
+        ("tir_70_180_percent", "TIR %", "{:.1f}"),
+        ("tbr_below_70_percent", "TBR<70 %", "{:.1f}"),
+        ("hba1c_percent", "HbA1c %", "{:.2f}"),
+        ("c_peptide_stimulated_nmol_l", "stim. C-pep nmol/L", "{:.2f}"),
+        ("insulin_u_per_day", "insulin U/day", "{:.1f}"),
+        ("insulin_independent", "insulin-free %", "{:.0%}"),
+    ]
+    table.add_column("day", justify="right")
+    for _, title, _ in columns:
+        table.add_column(title, justify="right")
+    for day, group in vt.groupby("visit_day"):
+        table.add_row(
+            f"{day:.0f}",
+            *(fmt.format(float(group[key].mean())) for key, _, fmt in columns),
+        )
+    console.print(table)
+    if cohort.failed.any():
+        console.print(
+            f"[yellow]{int(cohort.failed.sum())} patient(s) failed to simulate; "
+            "see truth.csv (quantity 'failed')[/yellow]"
+        )
+    console.print(
+        f"Wrote {cohort.n} patient files to {paths['cgm']}, and {paths['patients']}, "
+        f"{paths['labs']}, {paths['truth']}, {paths['visits']} "
+        f"({cohort.seconds:.1f} s)"
     )
     return 0
 
@@ -296,7 +407,7 @@ def _run_fit(args) -> int:
     from .fitting import FitModel, LatentMeals, fit_patient, visit_summary
     from .report import build_report, write_patient_outputs, write_run_summary
 
-    console = Console()
+    console = Console(soft_wrap=True)
     out = Path(args.out)
     sheet = read_patients(args.patients) if args.patients else None
     labs = read_labs(args.labs, patients=sheet) if args.labs else None
@@ -368,7 +479,7 @@ def _run_report(args) -> int:
 
 # --- sub-commands -------------------------------------------------------------------------
 # Each entry registers one sub-command; keep them in the order they appear in --help.
-_SUBCOMMANDS: list = [_add_demo, _add_fit, _add_metrics, _add_report]
+_SUBCOMMANDS: list = [_add_demo, _add_simulate, _add_fit, _add_metrics, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,15 @@ import types
 
 import pytest
 
-PUBLIC_MODULES = ["isletfit", "isletfit.model", "isletfit.data", "isletfit.metrics"]
+PUBLIC_MODULES = [
+    "isletfit",
+    "isletfit.model",
+    "isletfit.data",
+    "isletfit.metrics",
+    "isletfit.cohort",
+    "isletfit.fitting",
+    "isletfit.report",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
