@@ -71,3 +71,15 @@ def test_import_is_light():
         [sys.executable, "-c", code], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_import_does_not_start_a_jax_backend():
+    """So that a user can still choose devices (e.g. jax_num_cpu_devices) after importing."""
+    code = (
+        "from jax._src import xla_bridge as xb\n"
+        "import isletfit, isletfit.model, isletfit.data, isletfit.metrics\n"
+        "import isletfit.fitting, isletfit.cohort, isletfit.report, isletfit._cli\n"
+        "assert not xb._backends, 'a JAX backend was started on import'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -167,7 +167,7 @@ class FitModel(eqx.Module):
         high_mg_dl: Device high limit of censored 'High' readings [mg/dL].
     """
 
-    params: Params = Params()
+    params: Params = eqx.field(default_factory=Params)
     knot_spacing_days: float = 7.0
     step_min: float = 5.0
     warmup_min: float = 480.0

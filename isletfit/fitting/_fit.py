@@ -281,7 +281,7 @@ def _transplant_day(patient: PatientData, transplant_date) -> float | None:
 def fit_patient(
     data: PatientData,
     *,
-    model: FitModel = FitModel(),
+    model: FitModel | None = None,
     prior: Prior = Prior(),
     optimiser: LevenbergMarquardt = LevenbergMarquardt(),
     weight_kg: float | None = None,
@@ -303,7 +303,7 @@ def fit_patient(
 
     Args:
         data: The patient's record (`isletfit.data.read`).
-        model: What is fitted (`FitModel`).
+        model: What is fitted (`FitModel`; default ``FitModel()``).
         prior: Priors (`Prior`).
         optimiser: The optimiser (`LevenbergMarquardt`).
         weight_kg: Body weight [kg] (70 kg with a warning if unknown).
@@ -318,6 +318,7 @@ def fit_patient(
         bad data raise `isletfit.InputError`.
     """
     start_time = time.perf_counter()
+    model = FitModel() if model is None else model
     windows, info = prepare_windows(
         data,
         model=model,

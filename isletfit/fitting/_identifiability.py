@@ -82,7 +82,7 @@ def fisher_information(
     noise_ar1: float = 0.0,
     weight_kg: float = 70.0,
     transplant_date=None,
-    model: FitModel = FitModel(),
+    model: FitModel | None = None,
     prior: Prior = Prior(),
 ) -> FisherInformation:
     """Fisher information of ``names`` at the truth of a synthetic patient.
@@ -97,13 +97,14 @@ def fisher_information(
             CGM error and model misfit are strongly autocorrelated: 0.8–0.95 at 5 min).
         weight_kg: Body weight [kg].
         transplant_date: As for `fit_patient`.
-        model: Model configuration.
+        model: Model configuration (default ``FitModel()``).
         prior: Priors of the graft and window effects (those of ``names`` are made
             uninformative).
 
     Returns:
         The `FisherInformation`.
     """
+    model = FitModel() if model is None else model
     prior = dataclasses.replace(
         prior, estimated=tuple(names), log_sd=(1e6,) * len(names)
     )

@@ -93,7 +93,7 @@ class ToppGlucose(AbstractGlucoseFeedback):
         topp: Topp model parameters.
     """
 
-    topp: ToppParams = ToppParams()
+    topp: ToppParams = eqx.field(default_factory=ToppParams)
 
     def __call__(self, b):
         return self.topp.quasi_steady_glucose(b)
