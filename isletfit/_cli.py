@@ -42,60 +42,73 @@ def _enable_float64() -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="simulate a virtual transplant recipient on built-in data",
+        help="the main job on built-in data: simulate a virtual trial, fit, report",
         description=(
-            "Simulate an adult with type 1 diabetes before an islet infusion and at "
-            "visits after it (graft engraftment and maturation, insulin titrated by the "
-            "clinic), print a table per visit and save a figure."
+            "Simulate a zimislecel-like cohort of transplant recipients (known truth), "
+            "write it as clinic exports, read them back, fit every patient, write the "
+            "report, and print the estimated against the true graft function per visit."
         ),
     )
     p.add_argument("--out", default="isletfit-demo", help="output folder")
-    p.add_argument("--quick", action="store_true", help="one CGM day per visit")
-    p.add_argument("--seed", type=int, default=0, help="seed of daily-life variation")
+    p.add_argument("--patients", type=int, default=None, help="patients (default 12)")
+    p.add_argument("--quick", action="store_true", help="3 patients, 2 short visits")
+    p.add_argument("--seed", type=int, default=0, help="seed of the virtual trial")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
-    from pathlib import Path
-
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from ._demo import plot_demo, run_demo
-    from ._io import atomic_write_text
+    from ._demo import run_demo
 
     _enable_float64()
     console = Console(soft_wrap=True)
-    console.print(
-        "Simulating one virtual recipient before and after an islet infusion ..."
-    )
-    result = run_demo(quick=args.quick, seed=args.seed)
-    table = Table(title="Virtual transplant recipient, per visit")
-    columns = [
-        ("visit_day", "day", "{:.0f}"),
-        ("graft_b", "B", "{:.2f}"),
-        ("mean_glucose_mg_dl", "mean mg/dL", "{:.0f}"),
-        ("tir_70_180_percent", "TIR %", "{:.0f}"),
-        ("tbr_below_70_percent", "TBR<70 %", "{:.1f}"),
-        ("gmi_percent", "GMI %", "{:.1f}"),
-        ("insulin_u_per_day", "insulin U/day", "{:.1f}"),
-    ]
-    for _, title, _ in columns:
+    with _progress(console) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_stage(text):
+            progress.update(task, description=text)
+
+        def on_patient(pid, index, total):
+            progress.update(
+                task, total=total, completed=index, description=f"fitting {pid}"
+            )
+
+        result = run_demo(
+            args.out,
+            n_patients=args.patients,
+            quick=args.quick,
+            seed=args.seed,
+            on_stage=on_stage,
+            on_patient=on_patient,
+        )
+    table = Table(title="Graft function B per visit: estimated (95 % band) vs true")
+    for title in ["patient", "visit day", "true B", "estimate", "95 % band", "covered"]:
         table.add_column(title, justify="right")
-    for row in result.table:
-        table.add_row(*(fmt.format(row[key]) for key, _, fmt in columns))
+    comp = result.comparison
+    for _, r in comp.iterrows():
+        table.add_row(
+            r["patient_id"],
+            f"{r['study_day_start']:.0f}",
+            f"{r['true_b']:.2f}",
+            f"{r['graft_b']:.2f}",
+            f"{r['graft_b_lower']:.2f}–{r['graft_b_upper']:.2f}",
+            "yes" if r["covered"] else "NO",
+        )
     console.print(table)
-    out = Path(args.out)
-    figure = plot_demo(result, out / "demo.png")
-    keys = list(result.table[0])
-    lines = [",".join(keys)] + [
-        ",".join(f"{row[k]:.6g}" for k in keys) for row in result.table
-    ]
-    atomic_write_text(out / "demo_summary.csv", "\n".join(lines) + "\n")
-    console.print(
-        f"Figure: {figure}  Table: {out / 'demo_summary.csv'}  ({result.seconds:.1f} s)"
-    )
-    return 0
+    post = comp[comp.true_b > 0]
+    if len(post):
+        err = np.abs(np.log(post.graft_b / post.true_b))
+        console.print(
+            f"After the infusion: the band covers the true B at {post.covered.mean():.0%} "
+            f"of {len(post)} visits; median error of B {np.median(err):.0%} (log scale)."
+        )
+    for pid, why in result.failures.items():
+        console.print(f"[red]{pid}: not fitted: {why}[/red]")
+    console.print(f"Report: {result.report}  ({result.seconds:.0f} s)")
+    return 0 if len(comp) else 1
 
 
 def _add_simulate(sub) -> None:
@@ -384,84 +397,68 @@ def _add_fit(sub) -> None:
     p.set_defaults(func=_run_fit)
 
 
-def _patient_rows(sheet, patient_id):
-    """The patient's row of patients.csv, or None."""
-    if sheet is None:
-        return None
-    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
-    return None if rows.empty else rows.iloc[0]
-
-
-def _run_fit(args) -> int:
-    import warnings
-    from pathlib import Path
-
-    from rich.console import Console
+def _progress(console):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    _enable_float64()
-    import jax
-    import pandas as pd
-
-    from .data import read_labs, read_many, read_patients
-    from .fitting import FitModel, LatentMeals, fit_patient, visit_summary
-    from .report import build_report, write_patient_outputs, write_run_summary
-
-    console = Console(soft_wrap=True)
-    out = Path(args.out)
-    sheet = read_patients(args.patients) if args.patients else None
-    labs = read_labs(args.labs, patients=sheet) if args.labs else None
-    patients = read_many(args.data, format=args.format, tz=args.tz)
-    model = FitModel(meals=LatentMeals()) if args.latent_meals else FitModel()
-    keys = jax.random.split(jax.random.key(args.seed), max(len(patients), 1))
-    rows, failures = [], {}
-    columns = (
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
+        console=console,
     )
-    with Progress(*columns, console=console) as progress:
+
+
+def _fit_run(patients, out, *, console, **kwargs):
+    """Fit patients with a progress bar; print warnings and failures."""
+    from .report import fit_and_report
+
+    with _progress(console) as progress:
         task = progress.add_task("fitting", total=len(patients))
-        for patient, key in zip(patients, keys, strict=False):
-            pid = patient.patient_id
-            progress.update(task, description=f"fitting {pid}")
-            row = _patient_rows(sheet, pid)
-            weight = None if row is None else float(row["weight_kg"])
-            when = (
-                None
-                if row is None or pd.isna(row["transplant_date"])
-                else row["transplant_date"]
-            )
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    result = fit_patient(
-                        patient,
-                        model=model,
-                        weight_kg=weight,
-                        transplant_date=when,
-                        starts=args.starts,
-                        key=key,
-                    )
-                    visits = visit_summary(result, patient, patient_row=row, labs=labs)
-                    write_patient_outputs(result, visits, out)
-                for w in caught:
-                    console.print(f"[yellow]{pid}: {w.message}[/yellow]")
-                if not result.converged:
-                    console.print(f"[yellow]{pid}: {result.message}[/yellow]")
-                rows.append(visits)
-            except IsletfitError as err:
-                failures[pid] = str(err)
-            except Exception as err:  # one patient's failure must not stop the run
-                failures[pid] = f"{type(err).__name__}: {err}"
-            progress.advance(task)
-    write_run_summary(rows, failures, out)
-    report = build_report(out)
-    for pid, why in failures.items():
+
+        def on_patient(pid, index, total):
+            progress.update(task, completed=index, description=f"fitting {pid}")
+
+        run = fit_and_report(patients, out, on_patient=on_patient, **kwargs)
+        progress.update(task, completed=len(patients), description="fitted")
+    for pid, notes in run.notes.items():
+        for note in notes:
+            console.print(f"[yellow]{pid}: {note}[/yellow]")
+    for pid, why in run.failures.items():
         console.print(f"[red]{pid}: not fitted: {why}[/red]")
-    console.print(f"{len(rows)} of {len(patients)} patients fitted. Report: {report}")
-    return 0 if rows else 1
+    console.print(
+        f"{len(run.results)} of {len(patients)} patients fitted. Report: {run.report}"
+    )
+    return run
+
+
+def _run_fit(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    _enable_float64()
+    import jax
+
+    from .data import read_labs, read_many, read_patients
+    from .fitting import FitModel, LatentMeals
+
+    console = Console(soft_wrap=True)
+    sheet = read_patients(args.patients) if args.patients else None
+    labs = read_labs(args.labs, patients=sheet) if args.labs else None
+    patients = read_many(args.data, format=args.format, tz=args.tz)
+    model = FitModel(meals=LatentMeals()) if args.latent_meals else FitModel()
+    run = _fit_run(
+        patients,
+        Path(args.out),
+        console=console,
+        key=jax.random.key(args.seed),
+        sheet=sheet,
+        labs=labs,
+        model=model,
+        starts=args.starts,
+    )
+    return 0 if run.results else 1
 
 
 def _add_report(sub) -> None:

@@ -7,22 +7,31 @@ import pytest
 from isletfit._cli import main
 
 
-def test_demo_quick_writes_figure_and_table(tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore")
+def test_demo_quick_fits_a_virtual_trial_and_compares_with_truth(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    png = out / "demo.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = list(csv.DictReader((out / "demo_summary.csv").open()))
-    assert [float(r["visit_day"]) for r in rows] == [-14.0, 30.0, 90.0, 180.0, 365.0]
-    b = [float(r["graft_b"]) for r in rows]
-    insulin = [float(r["insulin_u_per_day"]) for r in rows]
-    assert b[0] == 0.0 and b[-1] > 0.5 and b == sorted(b)
-    assert insulin[0] > 20.0 and insulin[-1] == 0.0
-    assert float(rows[-1]["mean_glucose_mg_dl"]) < float(rows[0]["mean_glucose_mg_dl"])
+    rows = list(csv.DictReader((out / "truth_vs_estimate.csv").open()))
+    # 3 patients x 2 visits (baseline, day 180), every one fitted
+    assert len(rows) == 6 and len({r["patient_id"] for r in rows}) == 3
+    for r in rows:
+        true_b, est = float(r["true_b"]), float(r["graft_b"])
+        lo, hi = float(r["graft_b_lower"]), float(r["graft_b_upper"])
+        assert lo <= est <= hi
+        if float(r["study_day_start"]) < 0:  # before the infusion: no graft
+            assert true_b == 0.0 and est == 0.0
+        else:
+            assert true_b > 0.0 and est > 0.0
     text = capsys.readouterr().out
-    assert "per visit" in text and "demo.png" in text
-    # nothing but the outputs is left in the folder (atomic writes clean up)
-    assert sorted(p.name for p in out.iterdir()) == ["demo.png", "demo_summary.csv"]
+    assert "estimated (95 % band) vs true" in text and "report.html" in text
+    html = (out / "report.html").read_text()
+    assert all(r["patient_id"] in html for r in rows)
+    assert (out / "summary.csv").exists() and (out / "data" / "truth.csv").exists()
+    for pid in {r["patient_id"] for r in rows}:
+        assert (out / pid / "graft_function.csv").exists()
+        assert (out / pid / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # atomic writes leave no temporary files behind
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 def test_version(capsys):

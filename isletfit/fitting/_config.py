@@ -119,8 +119,16 @@ class Prior(eqx.Module):
         initial_glucose_log_sd: Prior SD of each window's log initial-glucose offset
             from the fasting steady state [-].
         daily_sensitivity_log_sd: Prior SD of each day-window's log factor on insulin
-            sensitivity ``vmx`` (day-to-day variation of insulin sensitivity, so that
-            it is not mistaken for a change of the graft); 0 turns it off [-].
+            sensitivity ``vmx`` (day-to-day variation of insulin sensitivity, about
+            30 % in people with type 1 diabetes; Visentin et al. 2015), so that it is
+            not mistaken for a change of the graft; 0 turns it off [-].
+        daily_meal_absorption_log_sd: Prior SD of each day's log factor on the meal
+            absorption rates ``kmax``, ``kmin``, ``kabs`` (meal composition varies);
+            0 turns it off [-].
+        daily_insulin_absorption_log_sd: Prior SD of each day's log factor on the
+            subcutaneous absorption rates ``kd``, ``ka1``, ``ka2`` (within-person
+            variability of insulin absorption, about 25 %; Heinemann 2002); 0 turns it
+            off [-].
     """
 
     estimated: tuple[str, ...] = ("vmx", "kp1", "kabs", "kmax", "kmin", "kd")
@@ -129,7 +137,9 @@ class Prior(eqx.Module):
     graft_log_sd: float = 2.0
     graft_rw_sigma: float = 0.15
     initial_glucose_log_sd: float = 0.3
-    daily_sensitivity_log_sd: float = 0.15
+    daily_sensitivity_log_sd: float = 0.3
+    daily_meal_absorption_log_sd: float = 0.3
+    daily_insulin_absorption_log_sd: float = 0.25
 
     def __check_init__(self):
         if len(self.estimated) != len(self.log_sd):

@@ -7,9 +7,9 @@ factor that is estimated), so windows are independent given the parameters and a
 evaluated in parallel with ``vmap``.
 
 Unknowns: *global* g = [log of each estimated `Params` field, log B at each knot of the
-graft trajectory]; *local* l_w = [log initial-glucose factor, log daily factor on insulin
-sensitivity (if enabled), log carbohydrate of each latent meal slot (if meals are
-latent)].
+graft trajectory]; *local* l_w = [log initial-glucose factor, log daily factors on
+insulin sensitivity, meal absorption and insulin absorption (those enabled in `Prior`),
+log carbohydrate of each latent meal slot (if meals are latent)].
 """
 
 from __future__ import annotations
@@ -136,18 +136,27 @@ def _basal_timeline(patient: PatientData) -> tuple[np.ndarray, np.ndarray]:
     return breaks[keep], rate[keep]
 
 
-def _window_inputs(patient, basal_t, basal_r, *, starts, ends, weight_kg) -> Inputs:
-    """One `Inputs` per window with the events in [start, end], stacked and padded."""
+def _window_inputs(
+    patient, basal_t, basal_r, *, starts, midnights, ends, after_gap, weight_kg
+) -> Inputs:
+    """One `Inputs` per window with the events in [start, end], stacked and padded.
+
+    After a gap in the record (the day before a window has no CGM) nothing is known of
+    the insulin before the window's midnight: the basal rate in effect at midnight is
+    taken to have run through the warm-up too, rather than a rate set days or weeks
+    earlier (or none, before the first record).
+    """
     carb_t = np.asarray(patient.carbs.time_min, float)
     carb_g = np.asarray(patient.carbs.grams, float)
     bol_t = np.asarray(patient.boluses.time_min, float)
     bol_u = np.asarray(patient.boluses.units, float)
     per_window = []
-    for a, b in zip(starts, ends, strict=True):
+    for a, m, b, gap in zip(starts, midnights, ends, after_gap, strict=True):
         cm = (carb_t >= a) & (carb_t <= b)
         bm = (bol_t >= a) & (bol_t <= b)
-        inside = (basal_t > a) & (basal_t <= b)
-        before = np.flatnonzero(basal_t <= a)
+        known = m if gap else a  # rates before this time are not trusted
+        inside = (basal_t > known) & (basal_t <= b)
+        before = np.flatnonzero(basal_t <= known)
         seg_t = np.concatenate([[a] if before.size else [], basal_t[inside]])
         seg_r = np.concatenate([basal_r[before[-1:]], basal_r[inside]])
         per_window.append(
@@ -278,12 +287,15 @@ def prepare_windows(
     # inputs: carbohydrate, boluses, basal (+ long-acting as 24-h basal), cut per window
     # so that each solve searches only its own events
     basal_t, basal_r = _basal_timeline(patient)
+    with_cgm = set(first_day + np.flatnonzero(mask.any(axis=1)))
     inputs = _window_inputs(
         patient,
         basal_t,
         basal_r,
         starts=day_index * MIN_PER_DAY - model.warmup_min,
+        midnights=day_index * MIN_PER_DAY,
         ends=(day_index + 1) * MIN_PER_DAY,
+        after_gap=[d - 1 not in with_cgm for d in day_index],
         weight_kg=weight_kg,
     )
     if isinstance(model.meals, LatentMeals):
@@ -356,19 +368,25 @@ class Objective(eqx.Module):
         return len(self.prior.estimated)
 
     @property
-    def daily_sensitivity(self) -> bool:
-        """Whether each window has its own insulin-sensitivity factor."""
-        return self.prior.daily_sensitivity_log_sd > 0
+    def daily_effects(self) -> tuple[tuple[tuple[str, ...], float], ...]:
+        """The day-window effects in use: (fields scaled, prior log-SD) each."""
+        prior = self.prior
+        effects = [
+            (("vmx",), prior.daily_sensitivity_log_sd),
+            (("kmax", "kmin", "kabs"), prior.daily_meal_absorption_log_sd),
+            (("kd", "ka1", "ka2"), prior.daily_insulin_absorption_log_sd),
+        ]
+        return tuple((fields, sd) for fields, sd in effects if sd > 0)
 
     @property
     def n_local(self) -> int:
-        """Local unknowns per window: glucose, sensitivity factor, latent meals."""
-        return 1 + int(self.daily_sensitivity) + self.windows.slots.shape[1]
+        """Local unknowns per window: glucose, daily effects, latent meals."""
+        return self.meal_start + self.windows.slots.shape[1]
 
     @property
     def meal_start(self) -> int:
         """Index of the first latent meal in the local vector."""
-        return 1 + int(self.daily_sensitivity)
+        return 1 + len(self.daily_effects)
 
     def params_from(self, theta: Float[Array, " p"]) -> Params:
         """`Params` with the estimated fields set to exp(theta).
@@ -408,8 +426,13 @@ class Objective(eqx.Module):
         win = self.windows
         p = self.n_params
         params = self.params_from(u[:p])
-        if self.daily_sensitivity:
-            params = eqx.tree_at(lambda q: q.vmx, params, params.vmx * jnp.exp(loc[1]))
+        for k, (fields, _) in enumerate(self.daily_effects):
+            factor = jnp.exp(loc[1 + k])
+            params = eqx.tree_at(
+                lambda q, fields=fields: tuple(getattr(q, f) for f in fields),
+                params,
+                tuple(getattr(params, f) * factor for f in fields),
+            )
         b = jnp.where(win.graft_on[w], jnp.exp(u[p]), 0.0)
         t0 = win.t0[w]
         inputs = jax.tree.map(lambda x: x[w], win.inputs)
@@ -466,8 +489,8 @@ class Objective(eqx.Module):
         r = jnp.where(use, r, 0.0)
         r = jnp.where(ok, r, jnp.nan)
         local = [loc[:1] / self.prior.initial_glucose_log_sd]
-        if self.daily_sensitivity:
-            local.append(loc[1:2] / self.prior.daily_sensitivity_log_sd)
+        for k, (_, sd) in enumerate(self.daily_effects):
+            local.append(loc[1 + k : 2 + k] / sd)
         if win.slots.shape[1] > 0:
             mean = self.model.meals.prior_mean_g
             local.append(jnp.sqrt(2.0 / mean) * jnp.exp(0.5 * loc[self.meal_start :]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,11 @@ def graft_for_independence(params: Params, *, target: float = 110.0) -> float:
     Fasting steady-state glucose falls monotonically with B, so bisection on [0, 8]
     finds it; 8 (the bracket's top) means "not reachable".
     """
+    return float(_graft_for_independence(params, jnp.asarray(target, float)))
 
+
+@eqx.filter_jit
+def _graft_for_independence(params: Params, target):
     def above(b):
         return steady_state_glucose(params, b=b, basal=0.0) > target
 
@@ -38,7 +43,7 @@ def graft_for_independence(params: Params, *, target: float = 110.0) -> float:
         return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, 50, body, (jnp.asarray(0.0), jnp.asarray(8.0)))
-    return float(0.5 * (lo + hi))
+    return 0.5 * (lo + hi)
 
 
 def insulin_need_covered(params: Params, b, *, target: float = 110.0) -> np.ndarray:
@@ -48,9 +53,14 @@ def insulin_need_covered(params: Params, b, *, target: float = 110.0) -> np.ndar
     ``target`` (`isletfit.model.basal_for_fasting_glucose`); 1 = insulin independent.
     """
     b = jnp.atleast_1d(jnp.asarray(b, float))
+    return np.asarray(_need_covered(params, b, jnp.asarray(target, float)))
+
+
+@eqx.filter_jit
+def _need_covered(params: Params, b, target):
     need = jax.vmap(lambda x: basal_for_fasting_glucose(params, b=x, target=target))
     need0 = basal_for_fasting_glucose(params, b=0.0, target=target)
-    return np.asarray(1.0 - need(b) / need0)
+    return 1.0 - need(b) / need0
 
 
 def visit_blocks(day_index: np.ndarray, *, gap_days: int = 3) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from ._params import param_info as param_info
 from ._params import stack_params as stack_params
 from ._physiology import fluxes as fluxes
 from ._physiology import vector_field as vector_field
+from ._simulate import FrozenStepsController as FrozenStepsController
 from ._simulate import Simulation as Simulation
 from ._simulate import default_controller as default_controller
 from ._simulate import fixed_step_controller as fixed_step_controller
@@ -46,6 +47,7 @@ __all__ = [
     "AbstractGraft",
     "FastModelGlucose",
     "FlexibleGraft",
+    "FrozenStepsController",
     "Inputs",
     "MechanisticGraft",
     "Params",
