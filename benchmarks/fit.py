@@ -163,7 +163,15 @@ def main() -> None:
     figures["readings"] = res.n_readings
 
     # ---- the same objective, one start, fixed noise: LM vs L-BFGS vs scipy
-    model, prior = FitModel(), Prior()
+    # the objective of the baseline: daily effects on insulin sensitivity only, no
+    # sensor calibration (its unknowns stay inert at a prior SD of 0)
+    model = FitModel()
+    prior = Prior(
+        daily_meal_absorption_log_sd=0.0,
+        daily_insulin_absorption_log_sd=0.0,
+        sensor_gain_log_sd=0.0,
+        sensor_offset_sd=0.0,
+    )
     windows, info = prepare_windows(
         patient,
         model=model,
@@ -182,6 +190,7 @@ def main() -> None:
         [
             obj.prior_centre(),
             jnp.where(windows.knot_valid, jnp.log(prior.graft_median), 0.0),
+            jnp.zeros(2 * obj.n_sessions),
         ]
     )
     l0 = jnp.zeros((windows.ts.shape[0], obj.n_local))

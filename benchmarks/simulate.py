@@ -5,9 +5,12 @@ function and meal/insulin record) and windows of 1 and 14 days, prints compile t
 steady-state throughput of `isletfit.model.simulate` under ``jax.vmap``, for several
 ways of running it:
 
-- ``lean``: Tsit5, adaptive steps (rtol = atol = 1e-6), float64, saving only glucose,
-  CGM and insulin (``save_state=False``) — the configuration fits and cohorts use;
-- ``full``: the same saving all 14 compartments (the `simulate` default);
+- ``lean``: Tsit5, adaptive steps (rtol = atol = 1e-6, `default_controller`), float64,
+  saving only glucose, CGM and insulin (``save_state=False``) — the configuration
+  cohorts use (forward simulation, nothing differentiated);
+- ``bounded``: lean with the steps bounded by `stable_step`, the `simulate` default,
+  which keeps derivatives through the solve sound (what fits use);
+- ``full``: the `simulate` default saving all 14 compartments;
 - ``fixed2``: lean with fixed 2-minute steps that still land on every event;
 - ``f32``: lean in float32;
 - ``loose``: lean with rtol = 1e-4, atol = 1e-3;
@@ -34,6 +37,7 @@ jax.config.update("jax_enable_x64", True)
 from isletfit.model import (  # noqa: E402
     Inputs,
     Params,
+    default_controller,
     fixed_step_controller,
     simulate,
     stack_params,
@@ -166,15 +170,19 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     sizes = [1, 64] if args.quick else [1, 64, 1024]
     windows = [1, 14]
-    lean = dict(save_state=False)
+    lean_kw = dict(save_state=False)
+    lean = dict(lean_kw, stepsize_controller=default_controller())
     variants = {"lean": (isletfit_runner(**lean), jnp.float64)}
     if not args.quick:
         variants.update(
             {
+                "bounded": (isletfit_runner(**lean_kw), jnp.float64),
                 "full": (isletfit_runner(), jnp.float64),
                 "fixed2": (
                     isletfit_runner(
-                        stepsize_controller=fixed_step_controller(2.0), dt0=2.0, **lean
+                        stepsize_controller=fixed_step_controller(2.0),
+                        dt0=2.0,
+                        **lean_kw,
                     ),
                     jnp.float64,
                 ),
@@ -182,7 +190,7 @@ def main() -> None:
                 "loose": (
                     isletfit_runner(
                         stepsize_controller=dfx.PIDController(rtol=1e-4, atol=1e-3),
-                        **lean,
+                        **lean_kw,
                     ),
                     jnp.float64,
                 ),

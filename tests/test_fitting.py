@@ -66,6 +66,25 @@ def test_prepare_windows_cuts_days_pads_and_maps_study_days(tmp_path):
     )
 
 
+def test_sensor_sessions_split_at_missing_days_wear_time_and_warm_up_gaps():
+    from isletfit.fitting._problem import _sensor_sessions
+
+    model = FitModel(sensor_days=10.0, sensor_change_gap_min=100.0)
+    per_day = 288
+    days = np.arange(30)
+    mask = np.ones((30, per_day), bool)
+    mask[14] = False  # a missing day
+    mask[20, 100:125] = False  # 125 min without readings: a new sensor warming up
+    mask[25, 10:20] = False  # 50 min signal loss: same sensor
+    keep = days[mask.any(axis=1)]
+    session = _sensor_sessions(keep, mask, 0, model)
+    by_day = dict(zip(keep.tolist(), session.tolist(), strict=True))
+    assert by_day[0] == by_day[9] == 0
+    assert by_day[10] == by_day[13] == 1  # 10 days of wear, then a new sensor
+    assert by_day[15] == by_day[19] == 2  # after the missing day
+    assert by_day[20] == by_day[29] == 3  # after the warm-up gap; not after 50 min
+
+
 def patient_day(patient, study_day):
     """Days since the record's reference midnight of a study day."""
     return float((REFERENCE - patient.reference_time.normalize()).days) + study_day
@@ -95,6 +114,11 @@ def test_fit_recovers_graft_function_and_noise(tmp_path):
     assert np.all(np.isfinite(table.loc[list(res.estimated), ["lower", "upper"]]))
     summary = res.summary()
     assert summary["n_readings"] == 9 * 288 and summary["converged"]
+    # the simulated sensor is exact: every session's calibration interval covers it
+    sensor = res.sensor
+    assert list(sensor.session) == [0, 1, 2]  # one session per CGM block
+    assert np.all((sensor.gain_lower < 1.0) & (1.0 < sensor.gain_upper))
+    assert np.all((sensor.offset_lower < 0.0) & (0.0 < sensor.offset_upper))
 
 
 def test_visit_summary_reports_b_need_and_metrics(tmp_path):
@@ -184,3 +208,33 @@ def test_insulin_independent_patient_without_any_insulin_record(tmp_path):
     assert res.converged and res.rmse_mg_dl < 10.0
     assert np.all((band.lower <= true_b) & (true_b <= band.upper))
     assert np.all(band.estimate > 0.4)
+
+
+def test_robust_covariance_widens_laplace_only_by_the_excess_score_scatter():
+    from isletfit.fitting._lm import robust_covariance
+
+    rng = np.random.default_rng(1)
+    n_w, m, ng, nl = 6, 10, 3, 2
+    jg = jnp.asarray(rng.standard_normal((n_w, m, ng)))
+    jl = jnp.asarray(rng.standard_normal((n_w, m, nl)))
+    j0 = jnp.asarray(rng.standard_normal((4, ng)))
+    rw = jnp.asarray(rng.standard_normal((n_w, m)))
+    blocks = blocks_from_jacobians(rw, jg, jl, jnp.zeros(4), j0)
+    laplace = np.asarray(schur_covariance(blocks))
+    valid = jnp.ones(n_w, bool)
+    # scores that vanish after profiling the locals: nothing to widen
+    hll_inv = jnp.linalg.inv(blocks.hll)
+    null = jnp.einsum("wgi,wij,wj->wg", blocks.hgl, hll_inv, blocks.bl)
+    np.testing.assert_allclose(
+        robust_covariance(blocks, null, j0.T @ j0, valid), laplace, rtol=1e-10
+    )
+    # large scores: the result is the sandwich, and never narrower than Laplace
+    big = 50.0 * jnp.asarray(rng.standard_normal((n_w, ng))) + null
+    robust = np.asarray(robust_covariance(blocks, big, j0.T @ j0, valid))
+    assert np.all(np.linalg.eigvalsh(robust - laplace) > -1e-12)
+    s = np.asarray(big - null)
+    meat = s.T @ s * n_w / (n_w - 1)
+    h_data = np.linalg.inv(laplace) - np.asarray(j0.T @ j0)
+    vals, vecs = np.linalg.eigh(meat - h_data)
+    excess = (vecs * np.maximum(vals, 0.0)) @ vecs.T
+    np.testing.assert_allclose(robust, laplace + laplace @ excess @ laplace, rtol=1e-8)

@@ -14,7 +14,10 @@ from isletfit.model import (
     State,
     fixed_step_controller,
     simulate,
+    stable_step,
     stack_params,
+    steady_state_at_glucose,
+    steady_state_glucose,
 )
 
 from model_fixtures import TIGHT, WEIGHT, day_grid, one_day_inputs
@@ -221,3 +224,52 @@ def test_forward_mode_jacobian_through_the_solver():
     np.testing.assert_allclose(
         jac, fd, rtol=1e-6, atol=1e-8 * float(jnp.max(jnp.abs(fd)))
     )
+
+
+def test_adaptive_forward_mode_derivative_from_a_steady_state_is_sound():
+    """A night at steady state, then a meal: the adaptive default gives sound tangents.
+
+    At a steady state the local error vanishes and an unbounded controller stretches its
+    steps far beyond the stability region of the tangent equation (the derivative of
+    CGM with respect to the initial glucose came out near 1e9 instead of about 0.7).
+    `stable_step` bounds the step; the derivative then matches central differences of
+    a tightly solved model.
+    """
+    p, b, basal = Params(), 0.3, 0.7
+    inputs = Inputs(
+        weight_kg=WEIGHT,
+        meal_times=[600.0],
+        meal_carbs_g=[50.0],
+        basal_times=[0.0],
+        basal_u_per_h=[basal],
+    )
+    ts = jnp.arange(480.0, 1441.0, 5.0)
+
+    def cgm(log_factor, controller=None):
+        g0 = steady_state_glucose(p, b=b, basal=basal) * jnp.exp(log_factor)
+        y0 = steady_state_at_glucose(p, g0, b=b, basal=basal)
+        return simulate(
+            p,
+            inputs,
+            ts,
+            b=b,
+            y0=y0,
+            t0=0.0,
+            stepsize_controller=controller,
+            adjoint=dfx.ForwardMode(),
+            max_steps=100_000,
+        ).cgm
+
+    _, tangent = jax.jvp(cgm, (0.0,), (1.0,))
+    tight = dfx.PIDController(rtol=1e-11, atol=1e-11, dtmax=stable_step(p, b))
+    eps = 1e-4
+    fd = (cgm(eps, tight) - cgm(-eps, tight)) / (2 * eps)
+    scale = float(jnp.max(jnp.abs(fd)))
+    assert 0.1 < scale < 100.0
+    np.testing.assert_allclose(tangent, fd, atol=1e-3 * scale)
+
+
+def test_stable_step_is_minutes_and_shrinks_with_the_graft_first_phase_loop():
+    p = Params()
+    h0, h1 = float(stable_step(p, 0.0)), float(stable_step(p, 1.0))
+    assert 1.0 < h1 < h0 < 5.0

@@ -15,7 +15,13 @@ from .._custom_types import Array, PRNGKeyArray
 from ..data import PatientData
 from ..model import Inputs, Params, param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
-from ._lm import LevenbergMarquardt, LMResult, blocks_from_jacobians, schur_covariance
+from ._lm import (
+    LevenbergMarquardt,
+    LMResult,
+    blocks_from_jacobians,
+    robust_covariance,
+    schur_covariance,
+)
 from ._problem import Objective, PatientWindows, WindowInfo, prepare_windows
 
 __all__ = ["FitResult", "fit_patient"]
@@ -50,24 +56,39 @@ def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
 
 
 def _linearise(obj: Objective, g, loc, noise, weights):
-    """Gauss–Newton blocks at (g, loc) and, as aux, predicted CGM and solver success."""
+    """Gauss–Newton blocks at (g, loc); aux: predicted CGM, solver success, scores.
+
+    The scores are each window's data gradient J_g,wᵀ r_w (`robust_covariance`).
+    """
     u = obj.to_window(g)
     du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
     nw = u.shape[0]
 
-    def one(u_w, l_w, w, wt):
-        def f(uu, ll):
-            r, pred, ok = obj.window_residual(uu, ll, w, noise, wt, aux=True)
-            return r, (r, pred, ok)
+    p = obj.n_params
 
-        (ju, jl), (r, pred, ok) = jax.jacfwd(f, argnums=(0, 1), has_aux=True)(u_w, l_w)
-        return r, ju, jl, pred, ok
+    def one(u_w, l_w, w, wt):
+        u_sim, cal = u_w[: p + 1], u_w[p + 1 :]
+
+        def f(uu, ll):
+            cgm, ok = obj.simulate_window(uu, ll, w)
+            r, pred = obj.residual_from_cgm(cgm, ok, cal, ll, w, noise, wt)
+            return r, (r, pred, ok, cgm)
+
+        (ju, jl), (r, pred, ok, cgm) = jax.jacfwd(f, argnums=(0, 1), has_aux=True)(
+            u_sim, l_w
+        )
+        # the sensor calibration acts after the ODE: its columns need no solve
+        jc = jax.jacfwd(
+            lambda c: obj.residual_from_cgm(cgm, ok, c, l_w, w, noise, wt)[0]
+        )(cal)
+        return r, jnp.concatenate([ju, jc], axis=1), jl, pred, ok
 
     rw, ju, jl, pred, ok = jax.vmap(one)(u, loc, jnp.arange(nw), weights)
     jg = jnp.einsum("wmu,wug->wmg", ju, du)
     r0 = obj.global_residual(g)
     j0 = jax.jacfwd(obj.global_residual)(g)
-    return blocks_from_jacobians(rw, jg, jl, r0, j0), (pred, ok)
+    scores = jnp.einsum("wmg,wm->wg", jg, rw)
+    return blocks_from_jacobians(rw, jg, jl, r0, j0), (pred, ok, scores)
 
 
 @eqx.filter_jit
@@ -93,7 +114,8 @@ class FitResult:
         theta: MAP of log(estimated fields).
         knot_days: Study days of the log-B knots [day].
         log_b: MAP of log B at the knots.
-        cov: Laplace covariance of [theta, log_b knots].
+        cov: Covariance of [theta, log_b knots]: Laplace, widened by the windows'
+            score scatter unless ``FitModel.robust_band`` is False (`robust_covariance`).
         sigma_mg_dl: Estimated CGM error SD [mg/dL].
         ar1: Estimated AR(1) coefficient of the CGM error between readings [-].
         info: Host-side facts about the windows.
@@ -111,6 +133,10 @@ class FitResult:
         seconds: Wall time of the fit [s].
         cost: Final negative log posterior (up to a constant).
         message: Empty, or why the fit is not to be trusted.
+        sensor: Calibration of each CGM sensor session: ``session, study_day_start,
+            study_day_end, gain, offset_mg_dl`` with 95 % intervals (``gain_lower``,
+            ``gain_upper``, ``offset_lower``, ``offset_upper``); reading = gain ×
+            interstitial glucose + offset.
     """
 
     patient_id: str
@@ -137,6 +163,7 @@ class FitResult:
     seconds: float
     cost: float
     message: str = ""
+    sensor: pd.DataFrame | None = None
 
     # ---------------------------------------------------------------- graft function
     def log_b_at(self, study_days) -> tuple[np.ndarray, np.ndarray]:
@@ -343,7 +370,7 @@ def fit_patient(
     for level, k_start in zip(levels, keys, strict=True):
         theta0 = obj.prior_centre() + 0.05 * jax.random.normal(k_start, (p,))
         knots0 = jnp.where(windows.knot_valid, jnp.log(level), 0.0)
-        g0 = jnp.concatenate([theta0, knots0])
+        g0 = jnp.concatenate([theta0, knots0, jnp.zeros(2 * obj.n_sessions)])
         res = _solve(obj, optimiser, g0, l0, noise, weights, screen)
         iterations += int(res.iterations)
         cost = float(res.blocks.cost)
@@ -352,8 +379,10 @@ def fit_patient(
     if best is None:
         return _failed(data, info, prior, windows, start_time, iterations)
     # Re-estimate the CGM error (SD, AR(1) coefficient, Student-t weights) from the
-    # best start, then continue it to convergence; Student-t repeats this (IRLS).
-    rounds = 3 if isinstance(model.noise, StudentTNoise) else 1
+    # best start and continue it to convergence; then once more from the converged
+    # residuals (the screened start's residuals overstate the error, which widened the
+    # bands by up to 2x); Student-t repeats this (IRLS).
+    rounds = 3 if isinstance(model.noise, StudentTNoise) else 2
     use = np.asarray(windows.mask & (windows.censor == 0) & windows.valid[:, None])
     for _ in range(rounds):
         resid = np.asarray(best.aux[0] - windows.obs)
@@ -368,8 +397,14 @@ def fit_patient(
             best = res
 
     g = best.g
-    cov = np.asarray(schur_covariance(best.blocks))
-    pred, ok = best.aux
+    pred, ok, scores = best.aux
+    if model.robust_band:
+        j0 = jax.jacfwd(obj.global_residual)(g)
+        cov = np.asarray(
+            robust_covariance(best.blocks, scores, j0.T @ j0, windows.valid)
+        )
+    else:
+        cov = np.asarray(schur_covariance(best.blocks))
     pred = np.asarray(pred)[: info.n_windows]
     obs = np.asarray(windows.obs)[: info.n_windows]
     mask = np.asarray(windows.mask)[: info.n_windows]
@@ -385,6 +420,7 @@ def fit_patient(
         : info.n_windows
     ]
     theta = np.asarray(g[:p])
+    sensor = _sensor_table(obj, g, cov, info)
     message = "" if bool(best.converged) else "optimiser stopped before its tolerance"
     if not bool(np.all(np.asarray(ok)[: info.n_windows])):
         message = "the ODE solve failed in some windows"
@@ -394,7 +430,7 @@ def fit_patient(
         estimated=tuple(prior.estimated),
         theta=theta,
         knot_days=np.asarray(windows.knot_days)[: info.n_knots],
-        log_b=np.asarray(g[p:])[: info.n_knots],
+        log_b=np.asarray(obj.split(g)[1])[: info.n_knots],
         cov=np.asarray(cov)[: p + info.n_knots, : p + info.n_knots],
         sigma_mg_dl=float(noise[0]),
         ar1=float(noise[1]),
@@ -413,7 +449,40 @@ def fit_patient(
         seconds=time.perf_counter() - start_time,
         cost=float(best.blocks.cost),
         message=message,
+        sensor=sensor,
     )
+
+
+def _sensor_table(obj: Objective, g, cov, info: WindowInfo) -> pd.DataFrame:
+    """Per-session sensor gain and offset with 95 % intervals (normal on the scores)."""
+    _, _, cal = obj.split(g)
+    cal = np.asarray(cal)
+    start = obj.n_params + obj.n_knots
+    sd = np.sqrt(np.maximum(np.diag(cov)[start:], 0.0)).reshape(-1, 2)
+    prior = obj.prior
+    days = np.asarray(info.day_index) - info.study_day_offset
+    rows = []
+    for s in range(int(info.session.max()) + 1):
+        on = info.session == s
+        z, e = cal[s], sd[s]
+        rows.append(
+            {
+                "session": s,
+                "study_day_start": float(np.floor(days[on].min())),
+                "study_day_end": float(np.floor(days[on].max())),
+                "gain": float(np.exp(prior.sensor_gain_log_sd * z[0])),
+                "gain_lower": float(
+                    np.exp(prior.sensor_gain_log_sd * (z[0] - _Z95 * e[0]))
+                ),
+                "gain_upper": float(
+                    np.exp(prior.sensor_gain_log_sd * (z[0] + _Z95 * e[0]))
+                ),
+                "offset_mg_dl": float(prior.sensor_offset_sd * z[1]),
+                "offset_lower": float(prior.sensor_offset_sd * (z[1] - _Z95 * e[1])),
+                "offset_upper": float(prior.sensor_offset_sd * (z[1] + _Z95 * e[1])),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _failed(

@@ -119,7 +119,7 @@ def fisher_information(
     obj = Objective(windows=windows, model=model, prior=prior)
     b_knots = np.asarray(graft(windows.knot_days))
     knots = jnp.where(windows.knot_valid, jnp.log(jnp.maximum(b_knots, 1e-6)), 0.0)
-    g = jnp.concatenate([obj.prior_centre(), knots])
+    g = jnp.concatenate([obj.prior_centre(), knots, jnp.zeros(2 * obj.n_sessions)])
     loc = jnp.zeros((windows.ts.shape[0], obj.n_local))
     noise = (jnp.asarray(noise_sd), jnp.asarray(noise_ar1))
     blocks, _ = eqx.filter_jit(_linearise)(

@@ -106,6 +106,56 @@ def schur_covariance(blocks: Blocks) -> Float[Array, "ng ng"]:
     return jnp.linalg.pinv(0.5 * (schur + schur.T), hermitian=True)
 
 
+def robust_covariance(
+    blocks: Blocks,
+    scores: Float[Array, "windows ng"],
+    prior_hessian: Float[Array, "ng ng"],
+    valid: Array,
+) -> Float[Array, "ng ng"]:
+    r"""Laplace covariance, widened where windows scatter more than the noise model says.
+
+    The Laplace covariance $\Sigma = H_S^{-1}$ (Schur complement of the Gauss–Newton
+    Hessian over the local unknowns) trusts the noise model. Model error that is
+    correlated over hours (day-to-day and within-day changes of physiology, sensor
+    drift) makes the readings of a day less informative than that. Treating each
+    day-window as an independent cluster, the data part of the Hessian
+    $H_d = H_S - P$ ($P$: the prior's Hessian) is compared with the empirical
+    variance of the windows' profiled scores $M = \tfrac{n}{n-1}\sum_w s_w s_w^T$,
+    $s_w = J_{g,w}^T r_w - H_{gl,w} H_{ll,w}^{-1} J_{l,w}^T r_w$ (Liang and Zeger 1986,
+    cluster-robust "sandwich" variance). Their positive excess $E = (M - H_d)_+$ is
+    added to the meat: $\Sigma_{robust} = \Sigma (H_S + E) \Sigma = \Sigma + \Sigma E
+    \Sigma$ — never narrower than the Laplace covariance, equal to it when the scores
+    scatter as the noise model predicts.
+
+    Args:
+        blocks: Gauss–Newton blocks at the optimum.
+        scores: Per-window data scores $J_{g,w}^T r_w$.
+        prior_hessian: $J_0^T J_0$ of the global prior residuals.
+        valid: Which windows are real (not padding).
+
+    References:
+        - Liang KY, Zeger SL. Longitudinal data analysis using generalized linear
+          models. Biometrika 73:13-22, 1986.
+    """
+    cov = schur_covariance(blocks)
+    hll, hgl = blocks.hll, blocks.hgl
+    nl = hll.shape[-1]
+    if nl > 0:
+        hll_inv = jnp.linalg.pinv(hll, hermitian=True)
+        schur = blocks.hgg - jnp.einsum("wgi,wij,whj->gh", hgl, hll_inv, hgl)
+        scores = scores - jnp.einsum("wgi,wij,wj->wg", hgl, hll_inv, blocks.bl)
+    else:
+        schur = blocks.hgg
+    w = valid.astype(scores.dtype)
+    n = jnp.sum(w)
+    s = scores * w[:, None]
+    meat = (s.T @ s) * n / jnp.maximum(n - 1.0, 1.0)
+    diff = meat - (schur - prior_hessian)
+    vals, vecs = jnp.linalg.eigh(0.5 * (diff + diff.T))
+    excess = (vecs * jnp.maximum(vals, 0.0)[None, :]) @ vecs.T
+    return cov + cov @ excess @ cov
+
+
 class LMResult(eqx.Module):
     """Outcome of a Levenberg–Marquardt solve.
 

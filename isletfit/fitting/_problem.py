@@ -7,7 +7,7 @@ factor that is estimated), so windows are independent given the parameters and a
 evaluated in parallel with ``vmap``.
 
 Unknowns: *global* g = [log of each estimated `Params` field, log B at each knot of the
-graft trajectory]; *local* l_w = [log initial-glucose factor, log daily factors on
+graft trajectory, standardised gain and offset of each CGM sensor session]; *local* l_w = [log initial-glucose factor, log daily factors on
 insulin sensitivity, meal absorption and insulin absorption (those enabled in `Prior`),
 log carbohydrate of each latent meal slot (if meals are latent)].
 """
@@ -32,6 +32,7 @@ from ..model import (
     Params,
     param_info,
     simulate,
+    stable_step,
     steady_state_at_glucose,
     steady_state_glucose,
 )
@@ -56,6 +57,8 @@ class PatientWindows(eqx.Module):
         knot_days: Study days of the knots [day].
         knot_valid: False for padding knots.
         slots: Times of latent meal slots per window [min] (``[W, 0]`` without).
+        session: Sensor session of each window, one-hot ``[W, S]`` (zero rows for
+            padding windows).
         inputs: Recorded meals, boluses and basal insulin of each window (model
             units, stacked ``[W, events]``; only the events inside the window's solve,
             plus the basal rate in effect at its start).
@@ -73,6 +76,7 @@ class PatientWindows(eqx.Module):
     knot_days: Float[Array, " knots"]
     knot_valid: Bool[Array, " knots"]
     slots: Float[Array, "windows slots"]
+    session: Float[Array, "windows sessions"]
     inputs: Inputs
 
 
@@ -89,6 +93,7 @@ class WindowInfo:
         n_knots: Number of real knots.
         weight_kg: Body weight used [kg].
         study_day_offset: Study day = days since the reference minus this [day].
+        session: Sensor session of each real window.
     """
 
     patient_id: str
@@ -99,6 +104,7 @@ class WindowInfo:
     n_knots: int
     weight_kg: float
     study_day_offset: float
+    session: np.ndarray
 
 
 def _basal_timeline(patient: PatientData) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +186,42 @@ def _where(patient: PatientData) -> str:
 
 def _bucket(n: int, size: int) -> int:
     return max(size, int(np.ceil(n / size)) * size)
+
+
+def _sensor_sessions(
+    day_index: np.ndarray, day_mask: np.ndarray, first_day: int, model: FitModel
+) -> np.ndarray:
+    """Sensor session of each kept day (see `FitModel.sensor_days`).
+
+    Args:
+        day_index: Kept calendar days (ascending).
+        day_mask: Reading mask of every calendar day from ``first_day`` ``[days, slots]``.
+        first_day: Calendar day of ``day_mask[0]``.
+        model: The fit's configuration.
+    """
+    flat = day_mask.ravel()
+    per_day = day_mask.shape[1]
+    long_gap = round(model.sensor_change_gap_min / model.step_min)
+    resumed = np.zeros(day_mask.shape[0], bool)  # a long gap ends on this day
+    seen = np.flatnonzero(flat)
+    if seen.size > 1:
+        gaps = np.diff(seen) - 1
+        for k in np.flatnonzero(gaps >= long_gap):
+            resumed[seen[k + 1] // per_day] = True
+    session = np.zeros(day_index.size, int)
+    start = day_index[0] if day_index.size else 0
+    for w in range(1, day_index.size):
+        d = day_index[w]
+        if (
+            d - day_index[w - 1] > 1
+            or d - start >= model.sensor_days
+            or resumed[d - first_day]
+        ):
+            start = d
+            session[w] = session[w - 1] + 1
+        else:
+            session[w] = session[w - 1]
+    return session
 
 
 def prepare_windows(
@@ -307,6 +349,11 @@ def prepare_windows(
     else:
         slots = np.zeros((keep.size, 0))
 
+    session = _sensor_sessions(day_index, mask, first_day, model)
+    n_sessions = int(session.max()) + 1
+    onehot = np.zeros((keep.size, _bucket(n_sessions, 4)))
+    onehot[np.arange(keep.size), session] = 1.0
+
     w_pad = _bucket(keep.size, window_bucket)
     pad = w_pad - keep.size
 
@@ -333,6 +380,7 @@ def prepare_windows(
         knot_days=jnp.asarray(knot_days),
         knot_valid=jnp.asarray(knot_valid),
         slots=jnp.asarray(padded(slots, None)),
+        session=jnp.asarray(padded(onehot, 0.0)),
         inputs=jax.tree.map(lambda x: jnp.asarray(padded(np.asarray(x), None)), inputs),
     )
     info = WindowInfo(
@@ -344,6 +392,7 @@ def prepare_windows(
         n_knots=int(knots.size),
         weight_kg=float(weight_kg),
         study_day_offset=offset,
+        session=session,
     )
     return windows, info
 
@@ -366,6 +415,16 @@ class Objective(eqx.Module):
     def n_params(self) -> int:
         """Number of estimated `Params` fields."""
         return len(self.prior.estimated)
+
+    @property
+    def n_knots(self) -> int:
+        """Number of log-B knots (padded)."""
+        return self.windows.knot_days.shape[0]
+
+    @property
+    def n_sessions(self) -> int:
+        """Number of sensor sessions (padded)."""
+        return self.windows.session.shape[1]
 
     @property
     def daily_effects(self) -> tuple[tuple[tuple[str, ...], float], ...]:
@@ -412,14 +471,33 @@ class Objective(eqx.Module):
             jnp.stack([getattr(self.model.params, n) for n in self.prior.estimated])
         )
 
+    def split(self, g: Float[Array, " ng"]):
+        """``(theta, knots, calibration [S, 2])`` of the global vector."""
+        p, k = self.n_params, self.n_knots
+        return g[:p], g[p : p + k], g[p + k :].reshape(self.n_sessions, 2)
+
     def to_window(self, g: Float[Array, " ng"]) -> Float[Array, "windows nu"]:
-        """Per-window unknowns u_w = [theta, log B_w] from the global vector."""
+        """Per-window unknowns u_w = [theta, log B_w, sensor gain z, offset z]."""
         p = self.n_params
-        theta, knots = g[:p], g[p:]
+        theta, knots, cal = self.split(g)
         logb = self.windows.interp @ knots
         return jnp.concatenate(
-            [jnp.broadcast_to(theta, (logb.shape[0], p)), logb[:, None]], axis=1
+            [
+                jnp.broadcast_to(theta, (logb.shape[0], p)),
+                logb[:, None],
+                self.windows.session @ cal,
+            ],
+            axis=1,
         )
+
+    def calibrate(self, cgm, cal):
+        """Sensor reading from interstitial glucose: gain × IG + offset [mg/dL].
+
+        ``cal`` holds standard-normal scores: gain = exp(σ_gain z₀), offset = σ_off z₁.
+        """
+        prior = self.prior
+        gain = jnp.exp(prior.sensor_gain_log_sd * cal[0])
+        return gain * cgm + prior.sensor_offset_sd * cal[1]
 
     def simulate_window(self, u, loc, w: int | Array, *, forward_mode: bool = True):
         """Simulated CGM of window ``w`` (an index into the windows) [mg/dL]."""
@@ -442,7 +520,10 @@ class Objective(eqx.Module):
         basal0 = inputs.basal_rate(t0)
         g_start = steady_state_glucose(params, b=b, basal=basal0) * jnp.exp(loc[0])
         y0 = steady_state_at_glucose(params, g_start, b=b, basal=basal0)
-        controller = dfx.PIDController(rtol=self.model.rtol, atol=self.model.rtol)
+        # the step bound keeps forward-mode tangents stable (see `stable_step`)
+        controller = dfx.PIDController(
+            rtol=self.model.rtol, atol=self.model.rtol, dtmax=stable_step(params, b)
+        )
         sim = simulate(
             params,
             inputs,
@@ -472,9 +553,20 @@ class Objective(eqx.Module):
         limit). With ``aux=True`` also returns the predicted CGM and solver success;
         ``forward_mode=False`` makes the solve reverse-differentiable (for gradients).
         """
+        p = self.n_params
+        cgm, ok = self.simulate_window(u[: p + 1], loc, w, forward_mode=forward_mode)
+        out, pred = self.residual_from_cgm(cgm, ok, u[p + 1 :], loc, w, noise, weights)
+        return (out, pred, ok) if aux else out
+
+    def residual_from_cgm(self, cgm, ok, cal, loc, w, noise, weights):
+        """Window residuals given the model's interstitial glucose (see above).
+
+        Returns ``(residuals, predicted CGM readings)``; cheap (no ODE solve), so its
+        derivatives with respect to the sensor calibration are taken separately.
+        """
         sigma, phi = noise
         win = self.windows
-        pred, ok = self.simulate_window(u, loc, w, forward_mode=forward_mode)
+        pred = self.calibrate(cgm, cal)
         obs, mask, cens = win.obs[w], win.mask[w], win.censor[w]
         use = mask & win.valid[w]
         is_exact = use & (cens == 0)
@@ -494,14 +586,12 @@ class Objective(eqx.Module):
         if win.slots.shape[1] > 0:
             mean = self.model.meals.prior_mean_g
             local.append(jnp.sqrt(2.0 / mean) * jnp.exp(0.5 * loc[self.meal_start :]))
-        out = jnp.concatenate([r, *local])
-        return (out, pred, ok) if aux else out
+        return jnp.concatenate([r, *local]), pred
 
     def global_residual(self, g):
         """Prior residuals of the global unknowns."""
-        p = self.n_params
         win, prior = self.windows, self.prior
-        theta, knots = g[:p], g[p:]
+        theta, knots, cal = self.split(g)
         r_theta = (theta - self.prior_centre()) / jnp.asarray(prior.log_sd)
         first = jnp.argmax(win.knot_valid)
         r_level = ((knots[first] - jnp.log(prior.graft_median)) / prior.graft_log_sd)[
@@ -513,7 +603,7 @@ class Objective(eqx.Module):
             pair, jnp.diff(knots) / (prior.graft_rw_sigma * jnp.sqrt(dt)), 0.0
         )
         r_pad = jnp.where(win.knot_valid, 0.0, knots)  # padding knots stay at 0
-        return jnp.concatenate([r_theta, r_level, r_rw, r_pad])
+        return jnp.concatenate([r_theta, r_level, r_rw, r_pad, cal.ravel()])
 
 
 def _with_latent_meals(inputs: Inputs, slot_t, grams) -> Inputs:

@@ -32,6 +32,7 @@ from ._simulate import Simulation as Simulation
 from ._simulate import default_controller as default_controller
 from ._simulate import fixed_step_controller as fixed_step_controller
 from ._simulate import simulate as simulate
+from ._simulate import stable_step as stable_step
 from ._state import State as State
 from ._steady_state import basal_for_fasting_glucose as basal_for_fasting_glucose
 from ._steady_state import steady_state as steady_state
@@ -64,6 +65,7 @@ __all__ = [
     "param_info",
     "simulate",
     "simulate_followup",
+    "stable_step",
     "stack_params",
     "steady_state",
     "steady_state_at_glucose",
