@@ -81,5 +81,7 @@ def test_import_does_not_start_a_jax_backend():
         "import isletfit.fitting, isletfit.cohort, isletfit.report, isletfit._cli\n"
         "assert not xb._backends, 'a JAX backend was started on import'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
