@@ -183,7 +183,9 @@ def test_no_graft_patient_gets_b_near_zero(tmp_path):
     )
     band = res.graft_band(np.array([91.0, 181.0]))
     assert res.converged and res.rmse_mg_dl < 10.0
-    assert np.all(band.estimate < 0.05) and np.all(band.upper < 0.1)
+    # B near zero, and the band rules out a graft that could matter: its upper end stays
+    # well below the ~0.3 that holds fasting glucose without insulin
+    assert np.all(band.estimate < 0.05) and np.all(band.upper < 0.15)
 
 
 @pytest.mark.slow
