@@ -394,6 +394,19 @@ def _add_fit(sub) -> None:
     )
     p.add_argument("--starts", type=int, default=2, help="starting points per patient")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting points")
+    p.add_argument(
+        "--population",
+        action="store_true",
+        help=(
+            "fit all patients together (hierarchical: population typical values and "
+            "between-patient SDs, each patient's estimates shrunk towards them); "
+            "writes population.csv and population_graft.csv besides the per-patient "
+            "outputs, and a checkpoint to resume an interrupted run"
+        ),
+    )
+    p.add_argument(
+        "--max-rounds", type=int, default=30, help="EM rounds of --population"
+    )
     p.set_defaults(func=_run_fit)
 
 
@@ -448,6 +461,19 @@ def _run_fit(args) -> int:
     labs = read_labs(args.labs, patients=sheet) if args.labs else None
     patients = read_many(args.data, format=args.format, tz=args.tz)
     model = FitModel(meals=LatentMeals()) if args.latent_meals else FitModel()
+    if args.population:
+        results = _fit_population_run(
+            patients,
+            Path(args.out),
+            console=console,
+            key=jax.random.key(args.seed),
+            sheet=sheet,
+            labs=labs,
+            model=model,
+            starts=args.starts,
+            max_rounds=args.max_rounds,
+        )
+        return 0 if results else 1
     run = _fit_run(
         patients,
         Path(args.out),
@@ -459,6 +485,79 @@ def _run_fit(args) -> int:
         starts=args.starts,
     )
     return 0 if run.results else 1
+
+
+def _fit_population_run(
+    patients, out, *, console, key, sheet, labs, model, starts, max_rounds
+):
+    """``isletfit fit --population``: one hierarchical fit, then each patient's outputs.
+
+    The state after each EM round goes to ``population_checkpoint.npz`` in the output
+    folder; a rerun of the same command on the same data continues from it.
+    """
+    import warnings
+
+    from ._io import atomic_write_text
+    from .fitting import fit_population, visit_summary
+    from .report import build_report
+    from .report._outputs import write_patient_outputs, write_run_summary
+    from .report._run import _sheet_row
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_id = {p.patient_id: p for p in patients}
+    with _progress(console) as progress:
+        task = progress.add_task("population fit: screening", total=max_rounds)
+
+        def on_round(info):
+            progress.update(
+                task,
+                completed=info.round,
+                description=(
+                    f"population fit: round {info.round}, change {info.change:.2g}"
+                ),
+            )
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fit_population(
+                patients,
+                model=model,
+                sheet=sheet,
+                starts=starts,
+                key=key,
+                max_rounds=max_rounds,
+                checkpoint=out / "population_checkpoint.npz",
+                resume=True,
+                on_round=on_round,
+            )
+        progress.update(task, completed=max_rounds, description="population fitted")
+    for w in caught:
+        console.print(f"[yellow]{w.message}[/yellow]")
+    failures = dict(res.failures)
+    tables = []
+    for pid, result in res.results.items():
+        row = _sheet_row(sheet, pid)
+        try:
+            table = visit_summary(result, by_id[pid], patient_row=row, labs=labs)
+            write_patient_outputs(result, table, out)
+            tables.append(table)
+        except IsletfitError as err:
+            failures[pid] = str(err)
+    atomic_write_text(out / "population.csv", res.parameters().to_csv(index=False))
+    atomic_write_text(
+        out / "population_graft.csv", res.graft_trajectory().to_csv(index=False)
+    )
+    write_run_summary(tables, failures, out)
+    report = build_report(out)
+    for pid, why in failures.items():
+        console.print(f"[red]{pid}: not fitted: {why}[/red]")
+    state = "converged" if res.converged else "stopped before converging"
+    console.print(
+        f"population fit {state} after {res.rounds} rounds; "
+        f"{len(tables)} of {len(patients)} patients fitted. "
+        f"Population table: {out / 'population.csv'}. Report: {report}"
+    )
+    return res.results
 
 
 def _add_report(sub) -> None:

@@ -13,7 +13,12 @@ from ._identifiability import FisherInformation as FisherInformation
 from ._identifiability import fisher_information as fisher_information
 from ._identifiability import select_parameters as select_parameters
 from ._lm import LevenbergMarquardt as LevenbergMarquardt
+from ._population import PopulationResult as PopulationResult
+from ._population import RoundInfo as RoundInfo
+from ._population import fit_population as fit_population
 from ._problem import prepare_windows as prepare_windows
+from ._stacking import PopulationProblem as PopulationProblem
+from ._stacking import stack_problems as stack_problems
 from ._visits import graft_for_independence as graft_for_independence
 from ._visits import insulin_need_covered as insulin_need_covered
 from ._visits import visit_blocks as visit_blocks
@@ -28,14 +33,19 @@ __all__ = [
     "LatentMeals",
     "LevenbergMarquardt",
     "LoggedMeals",
+    "PopulationProblem",
+    "PopulationResult",
     "Prior",
+    "RoundInfo",
     "StudentTNoise",
     "fisher_information",
     "fit_patient",
+    "fit_population",
     "graft_for_independence",
     "insulin_need_covered",
     "prepare_windows",
     "select_parameters",
+    "stack_problems",
     "visit_blocks",
     "visit_summary",
 ]

@@ -1,0 +1,349 @@
+"""Many patients' fitting problems padded to common shapes and stacked on a leading axis.
+
+Each patient is prepared on its own (`prepare_windows`), then every array is padded to
+the largest patient's shape so that the patients stack along a leading axis and one
+jit-compiled, vmapped program fits them all:
+
+- windows: extra windows copy the patient's last one with ``valid``, ``mask`` and
+  ``graft_on`` False and zero rows of ``interp`` and ``session``, so they add no
+  residuals (their local unknowns sit at the prior mode, 0);
+- knots: ``knot_days`` goes on by ``FitModel.knot_spacing_days`` with ``knot_valid``
+  False and zero ``interp`` columns (padding knots are pinned at log B = 0 by the
+  prior, as within one patient);
+- sensor sessions: zero one-hot columns (their calibration scores stay at 0, the prior
+  mode);
+- events: more (+inf time, 0 dose) events, as `_pad_events` does.
+
+The padded patient has the same cost as the unpadded one at the corresponding point
+(`embed_global`), so the stacked fit is the same problem, patient by patient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pandas as pd
+
+from .._custom_types import Array, Bool, Float
+from ..data import PatientData
+from ..model import Inputs
+from ._config import FitModel, Prior
+from ._fit import _pad_events, _transplant_day
+from ._problem import Objective, PatientWindows, WindowInfo, prepare_windows
+
+__all__ = [
+    "PopulationProblem",
+    "embed_global",
+    "pad_patients",
+    "stack_problems",
+]
+
+
+class PopulationProblem(eqx.Module):
+    """The fitting problems of several patients, padded and stacked (patients first).
+
+    Attributes:
+        windows: Every patient's `PatientWindows`, each array with a leading patient
+            axis ``[N, ...]`` (windows, knots, sessions and events padded to the largest
+            patient).
+        model: The model configuration shared by all patients.
+        prior: The priors shared by all patients.
+        real: False for dummy patients added to fill a device mesh (`pad_patients`).
+    """
+
+    windows: PatientWindows
+    model: FitModel
+    prior: Prior
+    real: Bool[Array, " patients"]
+
+    @property
+    def n_patients(self) -> int:
+        """Number of stacked patients (dummies included)."""
+        return int(self.real.shape[0])
+
+    @property
+    def n_params(self) -> int:
+        """Number of estimated `Params` fields."""
+        return len(self.prior.estimated)
+
+    @property
+    def n_knots(self) -> int:
+        """Knots per patient (padded)."""
+        return int(self.windows.knot_days.shape[1])
+
+    @property
+    def n_sessions(self) -> int:
+        """Sensor sessions per patient (padded)."""
+        return int(self.windows.session.shape[2])
+
+    @property
+    def n_global(self) -> int:
+        """Length of one patient's global vector g."""
+        return self.n_params + self.n_knots + 2 * self.n_sessions
+
+    def objective(self, i: int) -> Objective:
+        """The single-patient `Objective` of stacked patient ``i`` (padded shapes)."""
+        windows = jax.tree.map(lambda x: x[i], self.windows)
+        return Objective(windows=windows, model=self.model, prior=self.prior)
+
+
+def _sheet_row(sheet: pd.DataFrame | None, patient_id: str):
+    if sheet is None:
+        return None
+    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
+    return None if rows.empty else rows.iloc[0]
+
+
+def prepare_patient(
+    patient: PatientData,
+    *,
+    model: FitModel,
+    sheet: pd.DataFrame | None = None,
+    window_bucket: int = 1,
+    knot_bucket: int = 1,
+) -> tuple[PatientWindows, WindowInfo]:
+    """`prepare_windows` with the weight and transplant date of the patient sheet.
+
+    Args:
+        patient: The patient's record.
+        model: The model configuration.
+        sheet: Patient sheet (`isletfit.data.read_patients`), or None (70 kg with a
+            warning, no transplant date).
+        window_bucket: Pad the windows to a multiple of this.
+        knot_bucket: Pad the knots to a multiple of this.
+
+    Returns:
+        The windows (events padded as `fit_patient` pads them) and host-side facts.
+
+    Raises:
+        InputError: The record cannot be fitted (no usable CGM day, ...).
+    """
+    row = _sheet_row(sheet, patient.patient_id)
+    weight = None if row is None else float(row["weight_kg"])
+    when = (
+        None
+        if row is None or pd.isna(row["transplant_date"])
+        else row["transplant_date"]
+    )
+    windows, info = prepare_windows(
+        patient,
+        model=model,
+        weight_kg=weight,
+        transplant_day=_transplant_day(patient, when),
+        window_bucket=window_bucket,
+        knot_bucket=knot_bucket,
+    )
+    windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
+    return windows, info
+
+
+def _pad_axis(x, n: int, axis: int, fill):
+    """Pad ``x`` to length ``n`` along ``axis``: with ``fill``, or copies of the last."""
+    x = jnp.asarray(x)
+    extra = n - x.shape[axis]
+    if extra <= 0:
+        return x
+    if fill is None:
+        last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+        tail = jnp.repeat(last, extra, axis=axis)
+    else:
+        shape = list(x.shape)
+        shape[axis] = extra
+        tail = jnp.full(shape, fill, x.dtype)
+    return jnp.concatenate([x, tail], axis=axis)
+
+
+def _pad_inputs(inputs: Inputs, n_windows: int, events: dict[str, int]) -> Inputs:
+    """Pad stacked window inputs: events with (+inf, 0), windows with copies."""
+    pairs = {"meal": "meal_t", "bolus": "bolus_t", "basal": "basal_t"}
+    out = inputs
+    for amount, times in pairs.items():
+        n = events[amount]
+        t = _pad_axis(getattr(inputs, times), n, 1, jnp.inf)
+        v = _pad_axis(getattr(inputs, amount), n, 1, 0.0)
+        out = eqx.tree_at(
+            lambda x, a=amount, tt=times: (getattr(x, tt), getattr(x, a)), out, (t, v)
+        )
+    return jax.tree.map(lambda x: _pad_axis(x, n_windows, 0, None), out)
+
+
+def pad_windows(
+    windows: PatientWindows,
+    *,
+    n_windows: int,
+    n_knots: int,
+    n_sessions: int,
+    events: dict[str, int],
+    knot_spacing_days: float,
+) -> PatientWindows:
+    """Pad one patient's windows to the given shapes (see the module docstring).
+
+    Args:
+        windows: The patient's windows (`prepare_patient`).
+        n_windows: Windows after padding.
+        n_knots: Knots after padding.
+        n_sessions: Sensor sessions after padding.
+        events: Events per window after padding: ``{"meal": ..., "bolus": ...,
+            "basal": ...}``.
+        knot_spacing_days: Spacing of the extra knots [day].
+    """
+    w = windows
+    nw = n_windows
+
+    def copy(x):
+        return _pad_axis(x, nw, 0, None)
+
+    k_now = w.knot_days.shape[0]
+    extra_days = w.knot_days[-1] + knot_spacing_days * jnp.arange(
+        1, max(n_knots - k_now, 0) + 1, dtype=w.knot_days.dtype
+    )
+    return PatientWindows(
+        ts=copy(w.ts),
+        obs=copy(w.obs),
+        mask=_pad_axis(w.mask, nw, 0, False),
+        censor=copy(w.censor),
+        t0=copy(w.t0),
+        study_day=copy(w.study_day),
+        graft_on=_pad_axis(w.graft_on, nw, 0, False),
+        valid=_pad_axis(w.valid, nw, 0, False),
+        interp=_pad_axis(_pad_axis(w.interp, n_knots, 1, 0.0), nw, 0, 0.0),
+        knot_days=jnp.concatenate([w.knot_days, extra_days]),
+        knot_valid=_pad_axis(w.knot_valid, n_knots, 0, False),
+        slots=copy(w.slots),
+        session=_pad_axis(_pad_axis(w.session, n_sessions, 1, 0.0), nw, 0, 0.0),
+        inputs=_pad_inputs(w.inputs, nw, events),
+    )
+
+
+def stack_windows(
+    windows: Sequence[PatientWindows], *, model: FitModel, prior: Prior
+) -> PopulationProblem:
+    """Pad prepared patients to common shapes and stack them (patients first).
+
+    Args:
+        windows: Each patient's windows (`prepare_patient`), all prepared with the
+            same ``model``.
+        model: The model configuration.
+        prior: The priors.
+
+    Returns:
+        The `PopulationProblem` (every patient real).
+    """
+    if not windows:
+        raise ValueError("stack_windows needs at least one patient")
+    shapes = {
+        "n_windows": max(w.ts.shape[0] for w in windows),
+        "n_knots": max(w.knot_days.shape[0] for w in windows),
+        "n_sessions": max(w.session.shape[1] for w in windows),
+        "events": {
+            "meal": max(w.inputs.meal_t.shape[1] for w in windows),
+            "bolus": max(w.inputs.bolus_t.shape[1] for w in windows),
+            "basal": max(w.inputs.basal_t.shape[1] for w in windows),
+        },
+    }
+    padded = [
+        pad_windows(w, knot_spacing_days=model.knot_spacing_days, **shapes)
+        for w in windows
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
+    return PopulationProblem(
+        windows=stacked,
+        model=model,
+        prior=prior,
+        real=jnp.ones(len(windows), bool),
+    )
+
+
+def stack_problems(
+    patients: Sequence[PatientData],
+    *,
+    model: FitModel | None = None,
+    prior: Prior = Prior(),
+    sheet: pd.DataFrame | None = None,
+) -> tuple[PopulationProblem, tuple[WindowInfo, ...]]:
+    """Prepare several patients and stack their problems for one vmapped fit.
+
+    Args:
+        patients: The patients' records (`isletfit.data.read`).
+        model: What is fitted (`FitModel`; default ``FitModel()``).
+        prior: Priors (`Prior`).
+        sheet: Patient sheet (`isletfit.data.read_patients`): weight and transplant
+            date of each patient, or None.
+
+    Returns:
+        ``(problem, infos)``: the stacked `PopulationProblem` and each patient's
+        `WindowInfo`, in the order of ``patients``.
+
+    Raises:
+        InputError: A patient's record cannot be fitted (`fit_population` instead
+            reports such a patient and fits the others).
+    """
+    model = FitModel() if model is None else model
+    prepared = [prepare_patient(p, model=model, sheet=sheet) for p in patients]
+    problem = stack_windows([w for w, _ in prepared], model=model, prior=prior)
+    return problem, tuple(info for _, info in prepared)
+
+
+def pad_patients(problem: PopulationProblem, multiple: int) -> PopulationProblem:
+    """Add dummy patients so that the patient count is a multiple of ``multiple``.
+
+    A dummy copies the first patient with every reading masked and every window
+    invalid (``real`` False): it contributes nothing but its priors, and is left out of
+    the population estimates.
+    """
+    n = problem.n_patients
+    extra = -n % multiple
+    if extra == 0:
+        return problem
+    first = jax.tree.map(lambda x: x[0], problem.windows)
+    dummy = eqx.tree_at(
+        lambda w: (w.mask, w.valid, w.graft_on),
+        first,
+        (
+            jnp.zeros_like(first.mask),
+            jnp.zeros_like(first.valid),
+            jnp.zeros_like(first.graft_on),
+        ),
+    )
+    windows = jax.tree.map(
+        lambda x, d: jnp.concatenate([x, jnp.broadcast_to(d, (extra, *d.shape))]),
+        problem.windows,
+        dummy,
+    )
+    real = jnp.concatenate([problem.real, jnp.zeros(extra, bool)])
+    return eqx.tree_at(lambda p: (p.windows, p.real), problem, (windows, real))
+
+
+def embed_global(
+    g: Float[Array, " ng"],
+    *,
+    n_params: int,
+    n_knots: tuple[int, int],
+    n_sessions: tuple[int, int],
+) -> Float[Array, " ng_padded"]:
+    """A patient's global vector in the padded layout (padding knots and scores 0).
+
+    Args:
+        g: ``[theta, log B knots, calibration scores]`` of the unpadded patient.
+        n_params: Estimated parameters p.
+        n_knots: Knots ``(unpadded, padded)``.
+        n_sessions: Sensor sessions ``(unpadded, padded)``.
+    """
+    p = n_params
+    k0, k1 = n_knots
+    s0, s1 = n_sessions
+    theta, knots, cal = g[:p], g[p : p + k0], g[p + k0 :]
+    if g.shape[0] != p + k0 + 2 * s0:
+        raise ValueError(
+            f"embed_global: g has {g.shape[0]} entries, expected {p + k0 + 2 * s0}"
+        )
+    return jnp.concatenate(
+        [
+            theta,
+            jnp.pad(knots, (0, k1 - k0)),
+            jnp.pad(cal, (0, 2 * (s1 - s0))),
+        ]
+    )
