@@ -405,10 +405,56 @@ def fit_patient(
         )
     else:
         cov = np.asarray(schur_covariance(best.blocks))
-    pred = np.asarray(pred)[: info.n_windows]
-    obs = np.asarray(windows.obs)[: info.n_windows]
-    mask = np.asarray(windows.mask)[: info.n_windows]
-    cens = np.asarray(windows.censor)[: info.n_windows]
+    return assemble_result(
+        obj,
+        info,
+        g,
+        cov,
+        pred=np.asarray(pred),
+        ok=np.asarray(ok),
+        noise=(float(noise[0]), float(noise[1])),
+        converged=bool(best.converged),
+        iterations=iterations,
+        seconds=time.perf_counter() - start_time,
+        cost=float(best.blocks.cost),
+    )
+
+
+def assemble_result(
+    obj: Objective,
+    info: WindowInfo,
+    g,
+    cov: np.ndarray,
+    *,
+    pred: np.ndarray,
+    ok: np.ndarray,
+    noise: tuple[float, float],
+    converged: bool,
+    iterations: int,
+    seconds: float,
+    cost: float,
+) -> FitResult:
+    """A patient's `FitResult` from the optimum of its objective (one or stacked fits).
+
+    Args:
+        obj: The patient's objective.
+        info: Its host-side window facts.
+        g: Global unknowns at the optimum.
+        cov: Covariance of the global unknowns.
+        pred: Predicted CGM per window (padded) [mg/dL].
+        ok: Solver success per window (padded).
+        noise: CGM error SD [mg/dL] and AR(1) coefficient.
+        converged: Whether the optimiser met its tolerance.
+        iterations: Optimiser iterations.
+        seconds: Wall time [s].
+        cost: Final cost.
+    """
+    windows, p = obj.windows, obj.n_params
+    nw, nk = info.n_windows, info.n_knots
+    pred = pred[:nw]
+    obs = np.asarray(windows.obs)[:nw]
+    mask = np.asarray(windows.mask)[:nw]
+    cens = np.asarray(windows.censor)[:nw]
     exact = mask & (cens == 0)
     err = pred[exact] - obs[exact]
     rmse = float(np.sqrt(np.mean(err**2))) if err.size else float("nan")
@@ -416,26 +462,22 @@ def fit_patient(
         float(np.mean(np.abs(err) / obs[exact]) * 100.0) if err.size else float("nan")
     )
     u = np.asarray(obj.to_window(g))
-    window_b = np.where(np.asarray(windows.graft_on), np.exp(u[:, p]), 0.0)[
-        : info.n_windows
-    ]
-    theta = np.asarray(g[:p])
-    sensor = _sensor_table(obj, g, cov, info)
-    message = "" if bool(best.converged) else "optimiser stopped before its tolerance"
-    if not bool(np.all(np.asarray(ok)[: info.n_windows])):
+    window_b = np.where(np.asarray(windows.graft_on), np.exp(u[:, p]), 0.0)[:nw]
+    message = "" if converged else "optimiser stopped before its tolerance"
+    if not bool(np.all(ok[:nw])):
         message = "the ODE solve failed in some windows"
     return FitResult(
-        patient_id=data.patient_id,
+        patient_id=info.patient_id,
         params=obj.params_from(g[:p]),
-        estimated=tuple(prior.estimated),
-        theta=theta,
-        knot_days=np.asarray(windows.knot_days)[: info.n_knots],
-        log_b=np.asarray(obj.split(g)[1])[: info.n_knots],
-        cov=np.asarray(cov)[: p + info.n_knots, : p + info.n_knots],
+        estimated=tuple(obj.prior.estimated),
+        theta=np.asarray(g[:p]),
+        knot_days=np.asarray(windows.knot_days)[:nk],
+        log_b=np.asarray(obj.split(g)[1])[:nk],
+        cov=np.asarray(cov)[: p + nk, : p + nk],
         sigma_mg_dl=float(noise[0]),
         ar1=float(noise[1]),
         info=info,
-        ts=np.asarray(windows.ts)[: info.n_windows],
+        ts=np.asarray(windows.ts)[:nw],
         observed=obs,
         mask=mask,
         censored=cens,
@@ -444,12 +486,12 @@ def fit_patient(
         rmse_mg_dl=rmse,
         mard_percent=mard,
         n_readings=int(mask.sum()),
-        converged=bool(best.converged) and not message,
+        converged=converged and not message,
         iterations=iterations,
-        seconds=time.perf_counter() - start_time,
-        cost=float(best.blocks.cost),
+        seconds=seconds,
+        cost=cost,
         message=message,
-        sensor=sensor,
+        sensor=_sensor_table(obj, g, cov, info),
     )
 
 

@@ -59,7 +59,7 @@ from .._io import atomic_write_with
 from ..data import PatientData
 from ..model import param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
-from ._fit import _Z95, FitResult, _linearise, _sensor_table
+from ._fit import _Z95, FitResult, _linearise, assemble_result
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
 from ._problem import Objective, PatientWindows, WindowInfo
 from ._stacking import (
@@ -1010,50 +1010,16 @@ def _fit_result(
         mu=jnp.asarray(mu),
         omega=jnp.asarray(omega),
     )
-    windows = obj.windows
-    p, nk, nw = obj.n_params, info.n_knots, info.n_windows
-    g = jnp.asarray(res.g[i])
-    cov = cov[i]
-    pred = res.pred[i][:nw]
-    obs = np.asarray(windows.obs)[:nw]
-    mask = np.asarray(windows.mask)[:nw]
-    cens = np.asarray(windows.censor)[:nw]
-    exact = mask & (cens == 0)
-    err = pred[exact] - obs[exact]
-    rmse = float(np.sqrt(np.mean(err**2))) if err.size else float("nan")
-    mard = (
-        float(np.mean(np.abs(err) / obs[exact]) * 100.0) if err.size else float("nan")
-    )
-    u = np.asarray(obj.to_window(g))
-    window_b = np.where(np.asarray(windows.graft_on), np.exp(u[:, p]), 0.0)[:nw]
-    converged = bool(res.converged[i])
-    message = "" if converged else "optimiser stopped before its tolerance"
-    if not bool(np.all(res.ok[i][:nw])):
-        message = "the ODE solve failed in some windows"
-    return FitResult(
-        patient_id=info.patient_id,
-        params=obj.params_from(g[:p]),
-        estimated=tuple(obj.prior.estimated),
-        theta=np.asarray(g[:p]),
-        knot_days=np.asarray(windows.knot_days)[:nk],
-        log_b=np.asarray(obj.split(g)[1])[:nk],
-        cov=np.asarray(cov)[: p + nk, : p + nk],
-        sigma_mg_dl=noise[0],
-        ar1=noise[1],
-        info=info,
-        ts=np.asarray(windows.ts)[:nw],
-        observed=obs,
-        mask=mask,
-        censored=cens,
-        predicted=pred,
-        window_b=window_b,
-        rmse_mg_dl=rmse,
-        mard_percent=mard,
-        n_readings=int(mask.sum()),
-        converged=converged and not message,
+    return assemble_result(
+        obj,
+        info,
+        jnp.asarray(res.g[i]),
+        cov[i],
+        pred=np.asarray(res.pred[i]),
+        ok=np.asarray(res.ok[i]),
+        noise=(float(noise[0]), float(noise[1])),
+        converged=bool(res.converged[i]),
         iterations=iterations,
         seconds=seconds,
         cost=float(res.cost[i]),
-        message=message,
-        sensor=_sensor_table(obj, g, cov, info),
     )
