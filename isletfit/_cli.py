@@ -498,10 +498,10 @@ def _fit_population_run(
     import warnings
 
     from ._io import atomic_write_text
+    from .data._sheets import sheet_entry
     from .fitting import fit_population, visit_summary
     from .report import build_report
     from .report._outputs import write_patient_outputs, write_run_summary
-    from .report._run import _sheet_row
 
     out.mkdir(parents=True, exist_ok=True)
     by_id = {p.patient_id: p for p in patients}
@@ -536,7 +536,7 @@ def _fit_population_run(
     failures = dict(res.failures)
     tables = []
     for pid, result in res.results.items():
-        row = _sheet_row(sheet, pid)
+        row, _, _ = sheet_entry(sheet, pid)
         try:
             table = visit_summary(result, by_id[pid], patient_row=row, labs=labs)
             write_patient_outputs(result, table, out)

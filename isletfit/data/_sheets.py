@@ -309,3 +309,25 @@ def read_labs(
             "unit": pd.Series(unit, dtype=str),
         }
     )
+
+
+def sheet_entry(sheet: pd.DataFrame | None, patient_id: str):
+    """A patient's row of the patient sheet, with its weight and transplant date.
+
+    Args:
+        sheet: The patient sheet (`read_patients`), or None.
+        patient_id: The patient's id.
+
+    Returns:
+        ``(row, weight_kg, transplant_date)``: the row (None when there is no sheet or
+        no row for the patient), the weight [kg] and the transplant date, each None
+        when unknown.
+    """
+    if sheet is None:
+        return None, None, None
+    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
+    if rows.empty:
+        return None, None, None
+    row = rows.iloc[0]
+    when = None if pd.isna(row["transplant_date"]) else row["transplant_date"]
+    return row, float(row["weight_kg"]), when

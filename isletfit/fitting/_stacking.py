@@ -29,6 +29,7 @@ import pandas as pd
 
 from .._custom_types import Array, Bool, Float
 from ..data import PatientData
+from ..data._sheets import sheet_entry
 from ..model import Inputs
 from ._config import FitModel, Prior
 from ._fit import _pad_events, _transplant_day
@@ -90,13 +91,6 @@ class PopulationProblem(eqx.Module):
         return Objective(windows=windows, model=self.model, prior=self.prior)
 
 
-def _sheet_row(sheet: pd.DataFrame | None, patient_id: str):
-    if sheet is None:
-        return None
-    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
-    return None if rows.empty else rows.iloc[0]
-
-
 def prepare_patient(
     patient: PatientData,
     *,
@@ -121,13 +115,7 @@ def prepare_patient(
     Raises:
         InputError: The record cannot be fitted (no usable CGM day, ...).
     """
-    row = _sheet_row(sheet, patient.patient_id)
-    weight = None if row is None else float(row["weight_kg"])
-    when = (
-        None
-        if row is None or pd.isna(row["transplant_date"])
-        else row["transplant_date"]
-    )
+    _, weight, when = sheet_entry(sheet, patient.patient_id)
     windows, info = prepare_windows(
         patient,
         model=model,

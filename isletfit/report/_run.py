@@ -11,6 +11,7 @@ import pandas as pd
 
 from .._custom_types import PRNGKeyArray
 from .._errors import IsletfitError
+from ..data._sheets import sheet_entry
 from ._html import build_report
 from ._outputs import write_patient_outputs, write_run_summary
 
@@ -35,13 +36,6 @@ class RunResult:
     failures: dict
     notes: dict
     report: Path
-
-
-def _sheet_row(sheet: pd.DataFrame | None, patient_id: str):
-    if sheet is None:
-        return None
-    rows = sheet[sheet["patient_id"].astype(str) == str(patient_id)]
-    return None if rows.empty else rows.iloc[0]
 
 
 def fit_and_report(
@@ -87,13 +81,7 @@ def fit_and_report(
         pid = patient.patient_id
         if on_patient is not None:
             on_patient(pid, index, len(patients))
-        row = _sheet_row(sheet, pid)
-        weight = None if row is None else float(row["weight_kg"])
-        when = (
-            None
-            if row is None or pd.isna(row["transplant_date"])
-            else row["transplant_date"]
-        )
+        row, weight, when = sheet_entry(sheet, pid)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
