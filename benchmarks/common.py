@@ -12,11 +12,18 @@ import time
 import jax
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """The flags every benchmark takes: ``--quick`` and ``--json``."""
+def parse_args(description: str, *flags: tuple[str, str]) -> argparse.Namespace:
+    """The flags every benchmark takes (``--quick``, ``--json``) and ``flags``.
+
+    Args:
+        description: What the script measures.
+        flags: Further boolean flags, as ``(name, help)`` pairs.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small version, < 1 min")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    for name, text in flags:
+        parser.add_argument(name, action="store_true", help=text)
     return parser.parse_args()
 
 

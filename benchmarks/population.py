@@ -1,70 +1,382 @@
-"""Population fit speed and accuracy: all patients at once vs one after another.
+"""Population fits at scale: forward simulation, memory, the fit and its baseline.
 
-A zimislecel-like virtual cohort (`isletfit.cohort.simulate_cohort`) is written to CSV
-and read back; then, in the same process and on the same patients:
+Issue #7 asks for 64, 1,000 and 10,000 patients × 6 visits × 14 days. One run of this
+script measures on the machine it runs on (keys with units; ``--json``: one object):
 
-- ``population_fit_s``: `isletfit.fitting.fit_population` (Laplace-EM, every E-step one
-  vmapped, jit-compiled program for all patients), first call, compilation included;
-  ``population_rounds`` EM rounds, ``population_round_s`` the mean wall time of a
-  (compiled) round and ``population_last_change`` the largest change of μ or ω in the
-  last one;
-- ``population_sharded_fit_s``: the same with the patients sharded over the JAX devices
-  (on a CPU, all cores but one exposed as devices with ``jax_num_cpu_devices``), when
-  there are several;
-- the baseline, ``independent_fits_s``: `fit_patient` on each patient in turn (the
-  first call compiles), ``independent_fit_warm_s`` the mean of the compiled calls
-  (``--baseline-patients k``: only the first k are fitted, and the total is the first
-  call plus n − 1 times the warm mean; the accuracy figures are then over those k);
-- ``population_over_independent_time_ratio`` (and the sharded one),
-  ``population_round_over_independent_warm_ratio`` (one compiled E-step of all patients
-  over the compiled fits of all patients one by one), and
-  ``patient_days_per_s`` of each (CGM days fitted per second of wall time);
-- accuracy against the simulation's truth, for both: RMS error of log B at the
-  mid-day of each post-infusion visit (``*_log_b_rmse``), coverage of the true B by
-  the 95 % bands there (``*_band_coverage``), and RMS error of log ``vmx``, the
-  best-identified parameter (``*_log_vmx_rmse``).
+1. **Forward simulation** (``forward_<n>_*``, n in ``--sizes``): every stacked
+   patient's day-windows simulated at the population's typical values with the fit's
+   own model (`Objective.simulate_window`: warm-up from the fasting state, the step
+   bound), ``--chunk-size`` patients per device call: ``patient_days_per_s``
+   (compilation excluded), ``s``, ``compile_s``; with ``--forward-budget-s`` (default
+   150 s) the chunks stop after that long and ``s_extrapolated`` gives the time for
+   all n at the measured rate (labelled: not measured). The patients are the
+   ``--base-patients`` records of a simulated zimislecel-like cohort (6 visits × 14
+   days), each prepared once (`prepare_patient`) and replicated with perturbed glucose
+   to n patients (preparing 10,000 records one by one costs about 0.06 s each, 10
+   minutes). Each size runs in a fresh process, so that its memory figures are its
+   own: ``stack_peak_rss_gib`` (peak resident memory once the n patients are prepared
+   and stacked), ``stacked_gib`` (the stacked host arrays), ``peak_rss_gib`` (after
+   the chunked simulation).
+2. **One E-step chunk** (``estep_*``): the compiled E-step program
+   (`_population._solve_all`) of one chunk of ``--chunk-size`` patients × 6 × 14 days:
+   XLA's buffer assignment (``temp_gib``: peak of its temporaries, ``argument_gib``,
+   ``output_gib``), the process's peak resident memory over one Levenberg–Marquardt
+   iteration of it (``peak_rss_gib``) and that iteration's time (``iteration_s``).
+3. **A 10,000-patient fit's memory** (``fit10k_*``): the measured stacking peak at
+   10,000 (or the largest size run) plus the E-step chunk's measured peak plus the
+   host-side fit state and `FitResult`s of 10,000 patients (array sizes, from one
+   measured `FitResult`), against 24 GiB.
+4. **Population fit** (``population_*``): `fit_population` with `SquaremEM` on
+   ``--fit-patients`` of the simulated patients with ``--fit-days`` CGM days of each
+   visit (the first days of each 14-day block; the full blocks do not fit in the
+   time on 2 cores), at most ``--max-rounds`` rounds, tolerance 1e-3, default
+   optimiser; with ``--plain`` also the plain EM on the same patients (``plain_*``).
+5. **Baseline** (``independent_*``): `fit_patient` on ``--baseline-patients`` of the
+   same patients one after another; ``independent_fits_s_scaled`` is the first
+   (compiling) fit plus n − 1 times the mean warm one — *scaled*, not measured.
+6. **Extrapolations** (``extrapolated_*``, not measured): fit times at the issue's
+   sizes (6 × 14 days) from the measured ones, scaled by patient-windows: the
+   population fit from its compiled rounds (same E-steps and LM iterations per
+   E-step as measured), the independent fits from the warm fit time.
 
-``--quick``: 8 patients x 2 visits (day -14 and 180) x 2 CGM days, at most 10 rounds
-(about 4 minutes on a 2-core CPU, most of it compilation). The full run is scaled
-down from the 64 patients x 6 visits x 14 days of the issue to what runs in under
-10 minutes on a 2-core CPU: 16 patients x 3 visits (day -14, 90, 180) x 7 days, at
-most 20 rounds; pass ``--patients``/``--days`` for other sizes (on a GPU, the issue's
-size).
+``--quick``: synthetic records written by a few lines of numpy (no cohort
+simulation), 2 visits × 1 day, forward simulation at 4 and 32 patients, no fits and no
+E-step probe (their compilation alone takes over a minute): under a minute.
 
-Run: ``python benchmarks/population.py [--quick] [--json]``.
+Run: ``python benchmarks/population.py [--quick] [--json] [--plain]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from common import machine, report
 
-jax.config.update("jax_enable_x64", True)
-# On a CPU, expose all cores but one as devices, for the sharded population fit (the
-# other fits run on the first device). As many devices as cores can deadlock XLA's CPU
-# runtime (see `isletfit.fitting._population._warn_cpu_mesh`), so on a 2-core machine
-# there is one device and no sharded run.
-jax.config.update("jax_num_cpu_devices", max(1, (os.cpu_count() or 1) - 1))
-
-from isletfit.cohort import (  # noqa: E402
-    VisitPlan,
-    simulate_cohort,
-    write_cohort,
-    zimislecel_like,
-)
-from isletfit.data import read, read_patients  # noqa: E402
-from isletfit.fitting import fit_patient, fit_population  # noqa: E402
+GIB = 2.0**30
+#: Visits of the issue's schedule [day after infusion] (`VisitPlan` default).
+VISITS = (-14, 30, 90, 180, 270, 365)
 
 
+def _rss_gib() -> float:
+    """Peak resident memory of this process so far [GiB].
+
+    Linux's ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this program's
+    memory), else ``ru_maxrss``. Not ``ru_maxrss`` on Linux: it survives ``exec`` and
+    so holds the parent's peak in a fresh subprocess.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _now_gib() -> float:
+    """Resident memory of this process now [GiB] (``VmRSS``; NaN if unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Reset the high-water mark to the current memory (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _x64() -> None:
+    jax.config.update("jax_enable_x64", True)
+
+
+# ------------------------------------------------------------------------- records
+def _write_cohort(folder: Path, n: int, *, quick: bool, days: int) -> dict:
+    """Simulate ``n`` patients (or write numpy records with ``quick``) into ``folder``.
+
+    Returns ``{"cgm": folder of CSVs, "patients": sheet, "seconds": ...}`` and, for a
+    simulated cohort, the cohort itself under ``"cohort"``.
+    """
+    start = time.perf_counter()
+    if quick:
+        import pandas as pd
+
+        (folder / "cgm").mkdir(parents=True)
+        rng = np.random.default_rng(7)
+        rows = []
+        t = np.arange(0, 1440, 5.0)
+        meals = [(7.5 * 60, 50.0), (12.5 * 60, 70.0), (18.5 * 60, 80.0)]
+        for i in range(n):
+            pid = f"q{i + 1:03d}"
+            tables = []
+            for day in (pd.Timestamp("2024-01-10"), pd.Timestamp("2024-03-01")):
+                glucose = np.full_like(t, 110.0 + 10.0 * i)
+                for when, carbs in meals:
+                    dt = np.clip(t - when, 0.0, None)
+                    glucose += carbs * (dt / 45.0) * np.exp(1.0 - dt / 45.0) * (dt > 0)
+                glucose += rng.normal(0.0, 6.0, t.size)
+                table = pd.DataFrame(
+                    {
+                        "time": [day + pd.Timedelta(minutes=m) for m in t],
+                        "glucose_mg_dl": np.round(glucose),
+                        "carbs_g": np.nan,
+                        "bolus_u": np.nan,
+                        "basal_u_per_h": np.nan,
+                    }
+                )
+                table.loc[0, "basal_u_per_h"] = 0.4
+                for when, carbs in meals:
+                    k = int(when // 5)
+                    table.loc[k, "carbs_g"] = carbs
+                    table.loc[k, "bolus_u"] = round(carbs / 15.0, 1)
+                tables.append(table)
+            table = pd.concat(tables, ignore_index=True)
+            table["time"] = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+            table.to_csv(folder / "cgm" / f"{pid}.csv", index=False)
+            rows.append(
+                {"patient_id": pid, "weight_kg": 70.0, "transplant_date": "2024-01-31"}
+            )
+        pd.DataFrame(rows).to_csv(folder / "patients.csv", index=False)
+        return {
+            "cgm": folder / "cgm",
+            "patients": folder / "patients.csv",
+            "seconds": time.perf_counter() - start,
+        }
+    from isletfit.cohort import (
+        VisitPlan,
+        simulate_cohort,
+        write_cohort,
+        zimislecel_like,
+    )
+
+    plan = VisitPlan(visit_days=VISITS, block_days=days, checkin_every_days=0)
+    cohort = simulate_cohort(
+        zimislecel_like(), n, key=jax.random.key(2024), visits=plan, chunk_size=n
+    )
+    paths = write_cohort(cohort, folder)
+    return {
+        "cgm": paths["cgm"],
+        "patients": paths["patients"],
+        "cohort": cohort,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _read(cgm: Path, sheet_path: Path):
+    from isletfit.data import read, read_patients
+
+    patients = [read(f) for f in sorted(Path(cgm).glob("*.csv"))]
+    return patients, read_patients(sheet_path)
+
+
+def _first_days(patient, days: int):
+    """The record with CGM only on the first ``days`` days of each visit block."""
+    day = np.floor(patient.cgm.time_min / 1440.0)
+    kept = np.unique(day)
+    # a visit block starts after a gap of more than one day
+    starts = kept[np.r_[True, np.diff(kept) > 1]]
+    keep = np.zeros(day.shape, bool)
+    for s in starts:
+        keep |= (day >= s) & (day < s + days)
+    return dataclasses.replace(patient, cgm=patient.cgm.take(keep))
+
+
+# ---------------------------------------------------------------------- the probes
+def _replicated(cgm, sheet_path, n: int):
+    """``n`` prepared patients: the records' windows, replicated with perturbed glucose.
+
+    Every copy owns its arrays (as `n` independently prepared patients would).
+    """
+    from isletfit.fitting import FitModel
+    from isletfit.fitting._stacking import prepare_patient
+
+    patients, sheet = _read(cgm, sheet_path)
+    model = FitModel()
+    base = [prepare_patient(p, model=model, sheet=sheet)[0] for p in patients]
+    base = [jax.tree.map(np.asarray, w) for w in base]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        w = jax.tree.map(np.copy, base[i % len(base)])
+        w.obs[...] += rng.normal(0.0, 1.0, w.obs.shape)  # a copy's own readings
+        out.append(w)
+    return out, model
+
+
+def _forward_program():
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from isletfit.fitting._problem import Objective
+
+    @eqx.filter_jit
+    def forward(windows, model, prior, g):
+        """CGM of every window of every patient at ``g`` (no derivatives)."""
+
+        def one(win, gi):
+            obj = Objective(windows=win, model=model, prior=prior)
+            u = obj.to_window(gi)
+            loc = jnp.zeros((u.shape[0], obj.n_local), u.dtype)
+            p = obj.n_params
+            return jax.vmap(
+                lambda uw, lw, w: obj.simulate_window(
+                    uw[: p + 1], lw, w, forward_mode=False
+                )
+            )(u, loc, jnp.arange(u.shape[0]))
+
+        return jax.vmap(one)(windows, g)
+
+    return forward
+
+
+def probe_forward(cgm, sheet_path, n: int, chunk: int, budget_s: float) -> dict:
+    """Stack ``n`` replicated patients and simulate them chunk by chunk (own process).
+
+    With ``budget_s > 0`` the chunks stop once that much time has passed; the figures
+    are then over the chunks done and ``s_extrapolated`` is the time for all.
+    """
+    import jax.numpy as jnp
+
+    from isletfit.fitting import Prior
+    from isletfit.fitting._population import _chunk_size
+    from isletfit.fitting._stacking import stack_windows_host
+
+    out = {"baseline_rss_gib": _rss_gib()}
+    windows, model = _replicated(cgm, sheet_path, n)
+    c = _chunk_size(n, chunk, 1)
+    n_total = -(-n // c) * c
+    start = time.perf_counter()
+    problem = stack_windows_host(
+        windows, model=model, prior=Prior(), n_total=n_total, consume=True
+    )
+    out["stack_s"] = time.perf_counter() - start
+    del windows
+    out["stack_peak_rss_gib"] = _rss_gib()
+    out["stacked_gib"] = sum(x.nbytes for x in jax.tree.leaves(problem.windows)) / GIB
+    win = problem.windows
+    obj0 = problem.objective(0)
+    p = problem.n_params
+    g = np.concatenate(
+        [
+            np.broadcast_to(np.asarray(obj0.prior_centre()), (n_total, p)),
+            np.where(win.knot_valid, np.log(problem.prior.graft_median), 0.0),
+            np.zeros((n_total, 2 * problem.n_sessions)),
+        ],
+        axis=1,
+    )
+    forward = _forward_program()
+
+    def run(a):
+        part = jax.tree.map(lambda x: jnp.asarray(x[a : a + c]), win)
+        cgm_out, ok = forward(part, model, problem.prior, jnp.asarray(g[a : a + c]))
+        return np.asarray(cgm_out), np.asarray(ok)
+
+    start = time.perf_counter()
+    run(0)
+    out["compile_s"] = time.perf_counter() - start  # compilation and one chunk
+    start = time.perf_counter()
+    failed, done = 0, 0
+    for a in range(0, n_total, c):
+        _, ok = run(a)
+        failed += int((~ok & win.valid[a : a + c]).sum())
+        done = min(a + c, n)
+        if budget_s > 0 and time.perf_counter() - start > budget_s:
+            break
+    out["s"] = time.perf_counter() - start
+    days = int(win.valid[:done].sum())
+    out["patients_simulated"] = done
+    out["patient_days"] = days
+    out["patient_days_per_s"] = days / out["s"]
+    if done < n:  # not measured: the rest at the measured rate
+        out["s_extrapolated"] = int(win.valid[:n].sum()) / out["patient_days_per_s"]
+    out["failed_windows"] = failed
+    out["chunk"] = c
+    out["peak_rss_gib"] = _rss_gib()
+    return out
+
+
+def probe_estep(cgm, sheet_path, chunk: int) -> dict:
+    """One E-step chunk at the records' shape: XLA's buffers, peak memory, time."""
+    import jax.numpy as jnp
+
+    from isletfit.fitting import LevenbergMarquardt, Prior
+    from isletfit.fitting._population import _Engine, _solve_all
+    from isletfit.fitting._stacking import stack_windows_host
+
+    windows, model = _replicated(cgm, sheet_path, chunk)
+    problem = stack_windows_host(windows, model=model, prior=Prior(), consume=True)
+    del windows
+    optimiser = LevenbergMarquardt()
+    engine = _Engine.build(problem, optimiser, None, chunk)
+    rows = engine.initial_rows()
+    p = problem.n_params
+    mu, omega = engine.g0[0, :p], np.asarray(problem.prior.log_sd)
+    weights = np.ones((chunk, *problem.windows.obs.shape[1:]))
+    args = (
+        engine.placed,
+        model,
+        problem.prior,
+        jnp.asarray(mu),
+        jnp.asarray(omega),
+        optimiser,
+        *(jnp.asarray(x) for x in (rows["g"], rows["loc"], rows["sigma"], rows["phi"])),
+        jnp.asarray(weights),
+        jnp.asarray(1),
+        None,
+    )
+    out = {"rss_before_gib": _rss_gib(), "chunk": chunk}
+    start = time.perf_counter()
+    compiled = _solve_all.lower(*args).compile()
+    out["compile_s"] = time.perf_counter() - start
+    stats = compiled.compiled.memory_analysis()
+    out["temp_gib"] = stats.temp_size_in_bytes / GIB
+    out["argument_gib"] = stats.argument_size_in_bytes / GIB
+    out["output_gib"] = stats.output_size_in_bytes / GIB
+    out["rss_after_compile_gib"] = _rss_gib()  # peak so far (compilation included)
+    out["rss_before_run_gib"] = _now_gib()
+    out["peak_reset"] = _reset_peak()
+    start = time.perf_counter()
+    res = jax.block_until_ready(compiled(*args))
+    out["iteration_s"] = time.perf_counter() - start  # one LM iteration (max_iter=1)
+    out["peak_rss_gib"] = _rss_gib()  # peak of the run (since the reset)
+    out["windows_per_patient"] = int(problem.windows.valid[0].sum())
+    out["n_global"] = int(res.g.shape[1])
+    out["finite"] = bool(np.all(np.isfinite(np.asarray(res.cost))))
+    return out
+
+
+def _in_process(kind: str, *args) -> dict:
+    """Run a probe in a fresh Python process (its own peak memory) -> its figures."""
+    env = dict(os.environ, JAX_ENABLE_X64="1")
+    cmd = [sys.executable, __file__, "--probe", kind, *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe {kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------ the fits
 def _accuracy(results: dict, cohort, index: dict) -> dict:
-    """log-B RMS error and band coverage at post-infusion visits; log vmx error."""
+    """log-B RMS error and band coverage at post-infusion visit days; log vmx error."""
     err, covered, vmx_err = [], [], []
     for pid, res in results.items():
         i = index[pid]
@@ -87,88 +399,158 @@ def _accuracy(results: dict, cohort, index: dict) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small version")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--patients", type=int, default=None, help="override n")
-    parser.add_argument("--days", type=int, default=None, help="CGM days per visit")
-    parser.add_argument(
-        "--baseline-patients",
-        type=int,
-        default=None,
-        help="fit only this many patients one by one and extrapolate the baseline",
-    )
-    args = parser.parse_args()
-    n = args.patients or (8 if args.quick else 16)
-    days = args.days or (2 if args.quick else 7)
-    visits = (-14, 180) if args.quick else (-14, 90, 180)
-    rounds = 10 if args.quick else 20
-    figures: dict = {f"machine_{k}": v for k, v in machine().items()}
-    figures.update(
-        patients=n,
-        visits=len(visits),
-        days_per_visit=days,
-        devices=jax.device_count(),
-    )
+def _population_fit(patients, sheet, em, *, chunk: int, rounds: int) -> tuple:
+    from isletfit.fitting import fit_population
 
+    infos = []
     start = time.perf_counter()
-    plan = VisitPlan(visit_days=visits, block_days=days, checkin_every_days=0)
-    cohort = simulate_cohort(
-        zimislecel_like(), n, key=jax.random.key(2024), visits=plan, chunk_size=n
-    )
-    figures["cohort_simulate_s"] = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_cohort(cohort, tmp)
-        patients = [read(f) for f in sorted(paths["cgm"].glob("*.csv"))]
-        sheet = read_patients(paths["patients"])
-    index = {pid: i for i, pid in enumerate(cohort.patient_id)}
-    patient_days = n * len(visits) * days
-    key = jax.random.key(0)
-
-    # ---- all patients at once
-    seconds = []
-    start = time.perf_counter()
-    pop = fit_population(
+    res = fit_population(
         patients,
         sheet=sheet,
-        key=key,
+        key=jax.random.key(0),
         starts=1,
         max_rounds=rounds,
-        on_round=lambda r: seconds.append((r.seconds, r.change)),
+        chunk_size=chunk,
+        em=em,
+        on_round=infos.append,
     )
-    figures["population_fit_s"] = time.perf_counter() - start
-    figures["population_rounds"] = pop.rounds
-    figures["population_converged"] = pop.converged
-    figures["population_round_s"] = float(np.mean([t for t, _ in seconds[1:]]))
-    figures["population_last_change"] = seconds[-1][1] if seconds else float("nan")
-    figures["population_failed"] = len(pop.failures)
-    figures["population_patient_days_per_s"] = (
-        patient_days / figures["population_fit_s"]
+    return res, infos, time.perf_counter() - start
+
+
+def _fit_figures(prefix: str, res, infos, seconds: float, patient_days: int) -> dict:
+    round_s = [r.seconds for r in infos]
+    return {
+        f"{prefix}_fit_s": seconds,
+        f"{prefix}_rounds": res.rounds,
+        f"{prefix}_e_steps": res.e_steps,
+        f"{prefix}_converged": res.converged,
+        f"{prefix}_extrapolations": res.extrapolations,
+        f"{prefix}_round_s_mean": float(np.mean(round_s)) if round_s else float("nan"),
+        f"{prefix}_rounds_s_total": float(np.sum(round_s)),
+        f"{prefix}_last_change": infos[-1].change if infos else float("nan"),
+        f"{prefix}_failed": len(res.failures),
+        f"{prefix}_patient_days_per_s": patient_days / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small version, < 1 min")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plain", action="store_true", help="also fit with PlainEM")
+    parser.add_argument("--sizes", default=None, help="forward sizes, e.g. 64,1000")
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--base-patients", type=int, default=None)
+    parser.add_argument("--fit-patients", type=int, default=64)
+    parser.add_argument("--fit-days", type=int, default=1)
+    parser.add_argument("--max-rounds", type=int, default=15)
+    parser.add_argument("--baseline-patients", type=int, default=4)
+    parser.add_argument(
+        "--forward-budget-s",
+        type=float,
+        default=150.0,
+        help="seconds of forward simulation per size (0: all chunks)",
     )
-    for name, value in _accuracy(pop.results, cohort, index).items():
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    _x64()
+    if args.probe:
+        kind, *rest = args.probe
+        if kind == "forward":
+            cgm, sheet, n, chunk, budget = rest
+            out = probe_forward(
+                Path(cgm), Path(sheet), int(n), int(chunk), float(budget)
+            )
+        else:
+            cgm, sheet, chunk = rest
+            out = probe_estep(Path(cgm), Path(sheet), int(chunk))
+        print(json.dumps(out))
+        return
+
+    quick = args.quick
+    sizes = [
+        int(s)
+        for s in (args.sizes or ("4,32" if quick else "64,1000,10000")).split(",")
+    ]
+    n_base = args.base_patients or (4 if quick else args.fit_patients)
+    figures: dict = {f"machine_{k}": v for k, v in machine().items()}
+    figures.update(
+        visits=2 if quick else len(VISITS),
+        days_per_visit=1 if quick else 14,
+        chunk_size=args.chunk_size,
+        base_patients=n_base,
+    )
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _write_cohort(Path(tmp), n_base, quick=quick, days=14)
+        figures["records_s"] = files["seconds"]
+        # ---- forward simulation and stacking memory, each size in its own process
+        for n in sizes:
+            out = _in_process(
+                "forward",
+                files["cgm"],
+                files["patients"],
+                n,
+                args.chunk_size,
+                args.forward_budget_s,
+            )
+            figures.update({f"forward_{n}_{k}": v for k, v in out.items()})
+        if not quick:
+            out = _in_process("estep", files["cgm"], files["patients"], args.chunk_size)
+            figures.update({f"estep_{k}": v for k, v in out.items()})
+            _fits(figures, files, args)
+            _memory_10k(figures, sizes)
+    figures["benchmark_s"] = time.perf_counter() - t_all
+    report(figures, as_json=args.json, title="isletfit population fit at scale")
+
+
+def _fits(figures: dict, files: dict, args) -> None:
+    """The population fit (SQUAREM, and plain EM), the baseline, extrapolations."""
+    from isletfit.fitting import PlainEM, SquaremEM, fit_patient
+
+    patients, sheet = _read(files["cgm"], files["patients"])
+    cohort = files["cohort"]
+    index = {pid: i for i, pid in enumerate(cohort.patient_id)}
+    n = min(args.fit_patients, len(patients))
+    patients = [_first_days(p, args.fit_days) for p in patients[:n]]
+    windows = len(VISITS) * args.fit_days
+    patient_days = n * windows
+    figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
+
+    res, infos, seconds = _population_fit(
+        patients, sheet, SquaremEM(), chunk=args.chunk_size, rounds=args.max_rounds
+    )
+    figures.update(_fit_figures("population", res, infos, seconds, patient_days))
+    for name, value in _accuracy(res.results, cohort, index).items():
         figures[f"population_{name}"] = value
-    for name, sh in zip(pop.estimated, pop.shrinkage, strict=True):
-        figures[f"population_shrinkage_{name}"] = float(sh)
-
-    if jax.device_count() > 1:
-        mesh = jax.make_mesh((jax.device_count(),), ("patients",))
-        start = time.perf_counter()
-        sharded = fit_population(
-            patients, sheet=sheet, key=key, starts=1, max_rounds=rounds, mesh=mesh
+    fit_memory = _rss_gib()
+    one = next(iter(res.results.values()))
+    figures["fit_result_mib_per_patient_at_fit_size"] = (
+        sum(
+            np.asarray(x).nbytes
+            for x in (one.cov, one.ts, one.predicted, one.window_b, one.theta)
         )
-        figures["population_sharded_fit_s"] = time.perf_counter() - start
-        figures["sharded_minus_unsharded_max_abs_mu"] = float(
-            np.max(np.abs(sharded.mu - pop.mu))
+        / 2**20
+    )
+    figures["population_fit_peak_rss_gib"] = fit_memory
+    if args.plain:
+        plain, p_infos, p_seconds = _population_fit(
+            patients, sheet, PlainEM(), chunk=args.chunk_size, rounds=args.max_rounds
+        )
+        figures.update(_fit_figures("plain", plain, p_infos, p_seconds, patient_days))
+        figures["squarem_minus_plain_max_abs_mu"] = float(
+            np.max(np.abs(res.mu - plain.mu))
+        )
+        figures["squarem_minus_plain_max_abs_omega"] = float(
+            np.max(np.abs(res.omega - plain.omega))
         )
 
-    # ---- the baseline: one patient after another
+    # ---- the baseline: one patient after another (a subset, scaled)
     rows = sheet.set_index("patient_id")
-    keys = jax.random.split(key, n)
+    keys = jax.random.split(jax.random.key(0), n)
+    k_base = min(n, args.baseline_patients)
     times, results = [], {}
-    k_base = min(n, args.baseline_patients or n)
-    figures["baseline_patients"] = k_base
-    for patient, k in zip(patients[:k_base], keys[:k_base], strict=True):
+    for patient, key in zip(patients[:k_base], keys[:k_base], strict=True):
         row = rows.loc[patient.patient_id]
         start = time.perf_counter()
         results[patient.patient_id] = fit_patient(
@@ -176,34 +558,59 @@ def main() -> None:
             weight_kg=float(row["weight_kg"]),
             transplant_date=row["transplant_date"],
             starts=1,
-            key=k,
+            key=key,
         )
         times.append(time.perf_counter() - start)
-    figures["independent_fit_warm_s"] = float(np.mean(times[1:] or times))
-    # with --baseline-patients, the first (compiling) fit plus n - 1 warm ones
-    figures["independent_fits_s"] = (
-        float(np.sum(times))
-        if k_base == n
-        else times[0] + (n - 1) * figures["independent_fit_warm_s"]
-    )
-    figures["independent_patient_days_per_s"] = (
-        patient_days / figures["independent_fits_s"]
-    )
+    warm = float(np.mean(times[1:] or times))
+    figures["independent_patients_fitted"] = k_base
+    figures["independent_first_fit_s"] = times[0]
+    figures["independent_fit_warm_s"] = warm
+    figures["independent_fits_s_scaled"] = times[0] + (n - 1) * warm
     for name, value in _accuracy(results, cohort, index).items():
         figures[f"independent_{name}"] = value
-
-    # like for like, both compiled: one E-step of all patients vs a fit of each
-    figures["population_round_over_independent_warm_ratio"] = figures[
-        "population_round_s"
-    ] / (n * figures["independent_fit_warm_s"])
     figures["population_over_independent_time_ratio"] = (
-        figures["population_fit_s"] / figures["independent_fits_s"]
+        figures["population_fit_s"] / figures["independent_fits_s_scaled"]
     )
-    if "population_sharded_fit_s" in figures:
-        figures["population_sharded_over_independent_time_ratio"] = (
-            figures["population_sharded_fit_s"] / figures["independent_fits_s"]
-        )
-    report(figures, as_json=args.json, title="isletfit population fit")
+
+    # ---- extrapolated (not measured): 6 visits x 14 days
+    compiled_rounds = (
+        figures["population_rounds_s_total"] + 2.0 * figures["population_round_s_mean"]
+    )  # the rounds, the screening and the final E-step, compiled
+    per_patient_window = compiled_rounds / (n * windows)
+    per_window_independent = warm / windows
+    for size in (64, 1000, 10000):
+        pw = size * len(VISITS) * 14
+        pop = per_patient_window * pw
+        ind = per_window_independent * pw
+        figures[f"extrapolated_population_fit_{size}x6x14_s"] = pop
+        figures[f"extrapolated_independent_fits_{size}x6x14_s"] = ind
+        figures[f"extrapolated_population_over_independent_{size}x6x14"] = pop / ind
+
+
+def _memory_10k(figures: dict, sizes) -> None:
+    """A 10,000-patient fit's memory from the measured parts (see the docstring)."""
+    n_meas = max(sizes)
+    scale = 10000 / n_meas
+    stack = figures[f"forward_{n_meas}_stack_peak_rss_gib"] * (
+        1 if n_meas == 10000 else scale
+    )
+    windows = len(VISITS) * 14
+    n_global = figures["estep_n_global"]
+    # per patient: predicted CGM [W, T] and covariance [ng, ng] of its FitResult, the
+    # state (g, loc), the per-round theta/var/cov_theta
+    result = (windows * 288 * 8 + n_global**2 * 8 + windows * 8 * 4) / GIB
+    state = (n_global * 8 + windows * 8 * 4 + 6 * 8 * 4) / GIB
+    # the run's peak above what the process held before it (data, compiled program)
+    estep = figures["estep_peak_rss_gib"] - figures["estep_rss_before_gib"]
+    total = stack + estep + 10000 * (result + state)
+    figures["fit10k_stack_gib"] = stack
+    figures["fit10k_estep_chunk_gib"] = estep
+    figures["estep_run_gib"] = (
+        figures["estep_peak_rss_gib"] - figures["estep_rss_before_run_gib"]
+    )
+    figures["fit10k_results_and_state_gib"] = 10000 * (result + state)
+    figures["fit10k_total_gib"] = total
+    figures["fit10k_fits_in_24_gib"] = bool(total < 24.0)
 
 
 if __name__ == "__main__":

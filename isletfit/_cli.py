@@ -400,12 +400,35 @@ def _add_fit(sub) -> None:
         help=(
             "fit all patients together (hierarchical: population typical values and "
             "between-patient SDs, each patient's estimates shrunk towards them); "
-            "writes population.csv and population_graft.csv besides the per-patient "
-            "outputs, and a checkpoint to resume an interrupted run"
+            "writes population_report.html, population_parameters.csv (with standard "
+            "errors and shrinkage), population_graft.csv, population_estimates.csv "
+            "and vpc.csv (visual predictive check) besides the per-patient outputs, "
+            "and a checkpoint to resume an interrupted run"
         ),
     )
     p.add_argument(
         "--max-rounds", type=int, default=30, help="EM rounds of --population"
+    )
+    p.add_argument(
+        "--vpc-draws",
+        type=int,
+        default=30,
+        help=(
+            "simulated replicates of the population for the visual predictive check "
+            "of --population (default 30: about 3 ms per simulated day on a CPU "
+            "core; 0: no check)"
+        ),
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help=(
+            "with --population: one process of a multi-host run (multi-controller "
+            "JAX), patients sharded over the devices of all processes; process 0 "
+            "writes the outputs. The processes are found from Slurm (srun) or Open "
+            "MPI (mpirun), else from ISLETFIT_COORDINATOR=host:port, "
+            "ISLETFIT_NUM_PROCESSES and ISLETFIT_PROCESS_ID (see docs/cluster.md)"
+        ),
     )
     p.set_defaults(func=_run_fit)
 
@@ -451,12 +474,29 @@ def _run_fit(args) -> int:
     from rich.console import Console
 
     _enable_float64()
+    main_process = True
+    if args.distributed:
+        from ._errors import InputError
+        from .fitting._distributed import initialize_distributed
+
+        if not args.population:
+            raise InputError(
+                "--distributed needs --population",
+                field="--distributed",
+                expected="isletfit fit DATA --population --distributed ...",
+            )
+        # before any other JAX work: every process reads all inputs, process 0 writes
+        main_process = initialize_distributed().process_id == 0
+        if not main_process:  # the same warnings as process 0's: shown once
+            import warnings
+
+            warnings.simplefilter("ignore")
     import jax
 
     from .data import read_labs, read_many, read_patients
     from .fitting import FitModel, LatentMeals
 
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, quiet=not main_process)
     sheet = read_patients(args.patients) if args.patients else None
     labs = read_labs(args.labs, patients=sheet) if args.labs else None
     patients = read_many(args.data, format=args.format, tz=args.tz)
@@ -472,6 +512,8 @@ def _run_fit(args) -> int:
             model=model,
             starts=args.starts,
             max_rounds=args.max_rounds,
+            distributed=args.distributed,
+            vpc_draws=args.vpc_draws,
         )
         return 0 if results else 1
     run = _fit_run(
@@ -488,22 +530,46 @@ def _run_fit(args) -> int:
 
 
 def _fit_population_run(
-    patients, out, *, console, key, sheet, labs, model, starts, max_rounds
+    patients,
+    out,
+    *,
+    console,
+    key,
+    sheet,
+    labs,
+    model,
+    starts,
+    max_rounds,
+    distributed=False,
+    vpc_draws=30,
 ):
     """``isletfit fit --population``: one hierarchical fit, then each patient's outputs.
 
+    Then the population's files and ``population_report.html``, with a visual
+    predictive check of ``vpc_draws`` replicates (none when 0, or when the meals are
+    latent: the check replays the recorded meals).
+
     The state after each EM round goes to ``population_checkpoint.npz`` in the output
-    folder; a rerun of the same command on the same data continues from it.
+    folder; a rerun of the same command on the same data continues from it. With
+    ``distributed`` (multi-controller JAX already initialised) the patients are
+    sharded over the devices of every process, and only process 0 writes.
     """
     import warnings
 
-    from ._io import atomic_write_text
     from .data._sheets import sheet_entry
     from .fitting import fit_population, visit_summary
-    from .report import build_report
+    from .report import build_population_report, build_report, write_population_outputs
     from .report._outputs import write_patient_outputs, write_run_summary
 
-    out.mkdir(parents=True, exist_ok=True)
+    mesh, main_process = None, True
+    if distributed:
+        import jax
+
+        from .fitting._distributed import is_main_process, patient_mesh
+
+        mesh, main_process = patient_mesh(), is_main_process()
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
     by_id = {p.patient_id: p for p in patients}
     with _progress(console) as progress:
         task = progress.add_task("population fit: screening", total=max_rounds)
@@ -528,9 +594,16 @@ def _fit_population_run(
                 max_rounds=max_rounds,
                 checkpoint=out / "population_checkpoint.npz",
                 resume=True,
+                mesh=mesh,
                 on_round=on_round,
             )
         progress.update(task, completed=max_rounds, description="population fitted")
+    if distributed:
+        # the processes are done together; process 0 writes on alone (a process
+        # left waiting at exit for a long write would hit JAX's shutdown timeout)
+        jax.distributed.shutdown()
+        if not main_process:
+            return res.results
     for w in caught:
         console.print(f"[yellow]{w.message}[/yellow]")
     failures = dict(res.failures)
@@ -543,33 +616,71 @@ def _fit_population_run(
             tables.append(table)
         except IsletfitError as err:
             failures[pid] = str(err)
-    atomic_write_text(out / "population.csv", res.parameters().to_csv(index=False))
-    atomic_write_text(
-        out / "population_graft.csv", res.graft_trajectory().to_csv(index=False)
-    )
+    vpc = _population_vpc(res, patients, console=console, key=key, draws=vpc_draws)
+    write_population_outputs(res, out, vpc=vpc)
     write_run_summary(tables, failures, out)
     report = build_report(out)
+    population_report = build_population_report(out)
     for pid, why in failures.items():
         console.print(f"[red]{pid}: not fitted: {why}[/red]")
     state = "converged" if res.converged else "stopped before converging"
     console.print(
         f"population fit {state} after {res.rounds} rounds; "
         f"{len(tables)} of {len(patients)} patients fitted. "
-        f"Population table: {out / 'population.csv'}. Report: {report}"
+        f"Population report: {population_report}. Report: {report}"
     )
     return res.results
 
 
+def _population_vpc(res, patients, *, console, key, draws):
+    """The visual predictive check of a population fit, or None (with a note)."""
+    import warnings
+
+    import jax
+
+    from .fitting import visual_predictive_check
+
+    if draws <= 0 or not res.results:
+        return None
+    console.print(f"visual predictive check: {draws} simulated replicates ...")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            vpc = visual_predictive_check(
+                res, patients, n_draws=draws, key=jax.random.fold_in(key, 1)
+            )
+    except IsletfitError as err:
+        console.print(f"[yellow]no visual predictive check: {err}[/yellow]")
+        return None
+    for w in caught:
+        console.print(f"[yellow]{w.message}[/yellow]")
+    flagged = vpc[~vpc["inside"]]
+    if len(flagged):
+        console.print(
+            f"[yellow]visual predictive check: {len(flagged)} of {len(vpc)} observed "
+            "percentiles outside their prediction intervals (see "
+            "population_report.html)[/yellow]"
+        )
+    return vpc
+
+
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="rebuild report.html of a fit output folder")
+    p = sub.add_parser(
+        "report",
+        help="rebuild report.html (and population_report.html) of a fit output folder",
+    )
     p.add_argument("dir", metavar="DIR", help="a folder written by 'isletfit fit'")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from .report import build_report
+    from pathlib import Path
+
+    from .report import build_population_report, build_report
 
     print(f"Report: {build_report(args.dir)}")
+    if (Path(args.dir) / "population_parameters.csv").exists():  # a population run
+        print(f"Population report: {build_population_report(args.dir)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from ..data import PatientData
 from ..model import Inputs, Params, param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
 from ._lm import (
+    Blocks,
     LevenbergMarquardt,
     LMResult,
     blocks_from_jacobians,
@@ -55,10 +56,11 @@ def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
     )
 
 
-def _linearise(obj: Objective, g, loc, noise, weights):
+def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False):
     """Gauss–Newton blocks at (g, loc); aux: predicted CGM, solver success, scores.
 
     The scores are each window's data gradient J_g,wᵀ r_w (`robust_covariance`).
+    With ``with_jac`` also returns the Jacobians ``(J_g, J_l, J_0)`` for `_evaluate`.
     """
     u = obj.to_window(g)
     du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
@@ -88,7 +90,36 @@ def _linearise(obj: Objective, g, loc, noise, weights):
     r0 = obj.global_residual(g)
     j0 = jax.jacfwd(obj.global_residual)(g)
     scores = jnp.einsum("wmg,wm->wg", jg, rw)
-    return blocks_from_jacobians(rw, jg, jl, r0, j0), (pred, ok, scores)
+    blocks = blocks_from_jacobians(rw, jg, jl, r0, j0)
+    if with_jac:
+        return blocks, (pred, ok, scores), (jg, jl, j0)
+    return blocks, (pred, ok, scores)
+
+
+def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
+    """Blocks at (g, loc) from its residuals and held Jacobians (no derivatives).
+
+    One forward solve per window; the gradient is J_heldᵀ r and the Gauss–Newton
+    matrix that of ``held`` (the chord step of `LevenbergMarquardt`).
+    """
+    jg, jl, j0 = jac
+    u = obj.to_window(g)
+    p = obj.n_params
+
+    def one(u_w, l_w, w, wt):
+        cgm, ok = obj.simulate_window(u_w[: p + 1], l_w, w)
+        r, pred = obj.residual_from_cgm(cgm, ok, u_w[p + 1 :], l_w, w, noise, wt)
+        return r, pred, ok
+
+    rw, pred, ok = jax.vmap(one)(u, loc, jnp.arange(u.shape[0]), weights)
+    r0 = obj.global_residual(g)
+    scores = jnp.einsum("wmg,wm->wg", jg, rw)
+    blocks = held._replace(
+        cost=0.5 * (jnp.sum(rw * rw) + jnp.sum(r0 * r0)),
+        bg=jnp.sum(scores, axis=0) + j0.T @ r0,
+        bl=jnp.einsum("wmi,wm->wi", jl, rw),
+    )
+    return blocks, (pred, ok, scores)
 
 
 @eqx.filter_jit
@@ -96,10 +127,13 @@ def _solve(
     obj: Objective, optimiser: LevenbergMarquardt, g0, l0, noise, weights, max_iter
 ) -> LMResult:
     return optimiser(
-        lambda g, loc: _linearise(obj, g, loc, noise, weights),
+        lambda g, loc: _linearise(obj, g, loc, noise, weights, with_jac=True),
         g0,
         l0,
         max_iter=max_iter,
+        evaluate=lambda g, loc, jac, held: _evaluate(
+            obj, g, loc, noise, weights, jac, held
+        ),
     )
 
 
@@ -382,11 +416,22 @@ def fit_patient(
     # best start and continue it to convergence; then once more from the converged
     # residuals (the screened start's residuals overstate the error, which widened the
     # bands by up to 2x); Student-t repeats this (IRLS).
+    # A round whose error estimate moved the SD by < 1 % and φ by < 0.01 from the
+    # previous one is skipped: it would move the optimum by a small fraction of its
+    # standard error.
     rounds = 3 if isinstance(model.noise, StudentTNoise) else 2
     use = np.asarray(windows.mask & (windows.censor == 0) & windows.valid[:, None])
-    for _ in range(rounds):
+    for round_ in range(rounds):
         resid = np.asarray(best.aux[0] - windows.obs)
+        previous = noise
         noise = _estimate_noise(resid, use, np.asarray(weights), model.noise.ar1)
+        settled = (
+            abs(float(noise[0]) / float(previous[0]) - 1.0) < 0.01
+            and abs(float(noise[1]) - float(previous[1])) < 0.01
+        )
+        if round_ > 0 and settled and not isinstance(model.noise, StudentTNoise):
+            noise = previous
+            break
         if isinstance(model.noise, StudentTNoise):
             nu = model.noise.df
             z = resid / float(noise[0])

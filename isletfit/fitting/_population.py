@@ -9,24 +9,31 @@ population pharmacokinetics):
 - **E-step.** Every patient's maximum a posteriori (empirical Bayes estimate, EBE)
   under the prior N(μ, ω²) on θ_i, with the usual priors on the graft trajectory,
   sensor calibration and day-window effects — the single-patient objective of
-  `fit_patient` with the prior on θ recentred. All patients run in one jit-compiled,
-  vmapped Levenberg–Marquardt program (`HierarchicalObjective` holds μ and ω as
-  arrays, so one compilation serves every round); the Laplace covariance Σ_i comes
-  from the same Gauss–Newton blocks.
+  `fit_patient` with the prior on θ recentred. The patients run chunk by chunk in one
+  jit-compiled, vmapped Levenberg–Marquardt program (`HierarchicalObjective` holds μ
+  and ω as arrays, so one compilation serves every chunk and round); the Laplace
+  covariance Σ_i comes from the same Gauss–Newton blocks.
 - **M-step.** μ = mean_i θ̂_i and ω² = mean_i [(θ̂_i − μ)² + diag Σ_i] (floored), over
   the patients whose fit could be evaluated.
 
 The rounds stop when μ and ω change by less than ``tol``; a last E-step under the final
 (μ, ω) gives the reported per-patient estimates. The CGM error SD and AR(1)
 coefficient of each patient are re-estimated after every E-step, as `fit_patient` does
-after its screening.
+after its screening. Where each round runs is the ``em`` strategy's choice: `PlainEM`
+(at the last M-step's result) or `SquaremEM` (SQUAREM extrapolation; see
+``isletfit/fitting/_em.py``).
+
+**Memory.** The patients' arrays are stacked on the host (numpy); an E-step moves
+``chunk_size`` patients at a time to the devices and brings back only what the M-step,
+the noise update and the warm starts need, so neither the devices nor the host ever
+hold the Jacobians or predictions of the whole population.
 
 A patient whose record cannot be prepared, or whose model cannot be evaluated (a
 non-finite cost), is reported in `PopulationResult.failures` and left out of the
-M-step; the others go on. With a device ``mesh`` the patient axis is sharded across
-devices. With a ``checkpoint`` the state after each round is saved (``.npz``, written
-atomically) and ``resume=True`` continues from it; the result equals an uninterrupted
-run.
+M-step; the others go on. With a device ``mesh`` the patient axis of each chunk is
+sharded across devices. With a ``checkpoint`` the state after each round is saved
+(``.npz``, written atomically; the EM strategy's state included) and ``resume=True``
+continues from it; the result equals an uninterrupted run.
 
 References:
     - Lindstrom MJ, Bates DM. Nonlinear mixed effects models for repeated measures
@@ -35,6 +42,8 @@ References:
       52:934–944, 1996.
     - Savic RM, Karlsson MO. Importance of shrinkage in empirical Bayes estimates for
       diagnostics. AAPS J 11:558–569, 2009 (η-shrinkage).
+    - Varadhan R, Roland C. Simple and globally convergent methods for accelerating
+      the convergence of any EM algorithm. Scand J Stat 35:335–353, 2008 (SQUAREM).
 """
 
 from __future__ import annotations
@@ -59,15 +68,23 @@ from .._io import atomic_write_with
 from ..data import PatientData
 from ..model import param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
+from ._distributed import (
+    gather_to_host,
+    is_main_process,
+    place_on,
+    same_in_every_process,
+    spans_processes,
+)
+from ._em import PlainEM, PlainEMState, SquaremEM, SquaremState
 from ._fit import _Z95, FitResult, _linearise, assemble_result
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
 from ._problem import Objective, PatientWindows, WindowInfo
 from ._stacking import (
     PopulationProblem,
-    pad_patients,
     prepare_patient,
-    stack_windows,
+    stack_windows_host,
 )
+from ._standard_errors import population_standard_errors
 from ._visits import visit_blocks
 
 __all__ = [
@@ -77,7 +94,7 @@ __all__ = [
     "fit_population",
 ]
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
 
 
 class HierarchicalObjective(Objective):
@@ -233,13 +250,14 @@ def _estimate_noise_batch(resid, use, weights, ar1: bool):
     """`_estimate_noise` for every patient at once (host-side, ``[N, W, T]``).
 
     A patient whose residuals are not finite gets NaN (the caller keeps its old noise).
+    ``weights`` None stands for ones.
     """
     with np.errstate(all="ignore"):
         return _estimate_noise_np(resid, use, weights, ar1)
 
 
 def _estimate_noise_np(resid, use, weights, ar1: bool):
-    e = np.where(use, resid * np.sqrt(weights), 0.0)
+    e = np.where(use, resid if weights is None else resid * np.sqrt(weights), 0.0)
     n = np.maximum(use.sum(axis=(1, 2)), 1)
     sigma = np.maximum(np.sqrt(np.sum(e**2, axis=(1, 2)) / n), 0.5)
     phi = np.zeros_like(sigma)
@@ -273,6 +291,9 @@ class RoundInfo:
         change: Largest change of μ or ω in the round.
         n_failed: Patients left out of the M-step (model not evaluable).
         seconds: Wall time of the round [s].
+        e_steps: E-steps (vmapped solves of every patient) so far, the screening of
+            starting points included.
+        extrapolated: Whether the round ran at an extrapolated point (`SquaremEM`).
     """
 
     round: int
@@ -281,6 +302,8 @@ class RoundInfo:
     change: float
     n_failed: int
     seconds: float
+    e_steps: int = 0
+    extrapolated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,9 +314,11 @@ class PopulationResult:
         estimated: Names of the estimated `Params` fields.
         mu: Typical values μ: mean of log(field) over the population.
         omega: Between-patient SDs ω of log(field).
-        mu_se: Standard error of μ, approximated as ω/√n (n patients in the M-step;
-            ignores the uncertainty of each patient's estimate beyond ω).
-        omega_se: Standard error of ω, approximated as ω/√(2n) (normal theory).
+        mu_se: Standard error of μ from the Fisher information of the linearised
+            (first-order conditional) model: each patient's data precision
+            C_i⁻¹ − Ω⁻¹ from its Laplace covariance C_i (`population_standard_errors`).
+        omega_se: Standard error of ω from the same model's Fisher information
+            (delta method from ω²).
         shrinkage: η-shrinkage of each parameter, 1 − var_i(θ̂_i)/ω² (0: the data
             determine each patient's value; 1: every patient sits at μ).
         patient_id: Patients whose record could be prepared (fitted or failed in the
@@ -310,6 +335,14 @@ class PopulationResult:
         history_omega: ω after each round ``[rounds, p]``.
         n_devices: Devices the patients were sharded over.
         seconds: Wall time of the fit [s].
+        model: The fit's model configuration (for simulations such as
+            `visual_predictive_check`), or None.
+        prior: The fit's priors, or None.
+        e_steps: E-steps (vmapped solves of every patient): screening, rounds and
+            the final one.
+        extrapolations: Extrapolated EM steps accepted (`SquaremEM`; 0 for
+            `PlainEM`).
+        chunk_size: Patients per device call of each E-step.
     """
 
     estimated: tuple[str, ...]
@@ -329,18 +362,36 @@ class PopulationResult:
     history_omega: np.ndarray
     n_devices: int
     seconds: float
+    model: FitModel | None = None
+    prior: Prior | None = None
+    e_steps: int = 0
+    extrapolations: int = 0
+    chunk_size: int = 0
 
     def parameters(self) -> pd.DataFrame:
         """Population parameter table, one row per estimated field.
 
+        Standard errors come from the Fisher information of the linearised
+        (first-order conditional) normal-normal model built from each patient's Laplace
+        covariance (`population_standard_errors`; Lavielle 2014, ch. 9). η-shrinkage
+        is given both on the variance scale, 1 − var(θ̂_i)/ω² (Lavielle 2014; Monolix),
+        and on the SD scale, 1 − SD(θ̂_i)/ω (Savic & Karlsson 2009; NONMEM).
+
         Returns:
             Columns ``name, unit, typical_value, lower, upper`` (typical value
-            exp(μ) with its 95 % interval from ``mu_se``), ``mu, mu_se, omega,
-            omega_se, cv_percent`` (between-patient coefficient of variation
-            √(exp(ω²) − 1)), ``shrinkage, n_patients``.
+            exp(μ) with its 95 % interval from ``mu_se``), ``rse_percent`` (relative SE
+            of the typical value, 100·SE(μ) by the delta method), ``mu, mu_se, omega,
+            omega_se, omega_rse_percent`` (100·SE(ω)/ω), ``cv_percent``
+            (between-patient coefficient of variation √(exp(ω²) − 1)), ``shrinkage``
+            (variance scale, fraction), ``shrinkage_percent``,
+            ``shrinkage_sd_percent`` (SD scale), ``n_patients``.
         """
         units = {r["name"]: r["unit"] for r in param_info()}
         n = len(self.results)
+        fitted = self.theta[np.all(np.isfinite(self.theta), axis=1)]
+        ebe_sd = (
+            fitted.std(axis=0) if len(fitted) else np.full(len(self.estimated), np.nan)
+        )
         rows = []
         for k, name in enumerate(self.estimated):
             mu, se, om = self.mu[k], self.mu_se[k], self.omega[k]
@@ -351,12 +402,16 @@ class PopulationResult:
                     "typical_value": float(np.exp(mu)),
                     "lower": float(np.exp(mu - _Z95 * se)),
                     "upper": float(np.exp(mu + _Z95 * se)),
+                    "rse_percent": float(100.0 * se),
                     "mu": float(mu),
                     "mu_se": float(se),
                     "omega": float(om),
                     "omega_se": float(self.omega_se[k]),
+                    "omega_rse_percent": float(100.0 * self.omega_se[k] / om),
                     "cv_percent": float(100.0 * np.sqrt(np.expm1(om**2))),
                     "shrinkage": float(self.shrinkage[k]),
+                    "shrinkage_percent": float(100.0 * self.shrinkage[k]),
+                    "shrinkage_sd_percent": float(100.0 * (1.0 - ebe_sd[k] / om)),
                     "n_patients": n,
                 }
             )
@@ -464,6 +519,7 @@ class PopulationResult:
             "n_fitted": len(self.results),
             "n_failed": len(self.failures),
             "rounds": self.rounds,
+            "e_steps": self.e_steps,
             "converged": self.converged,
             "n_devices": self.n_devices,
             "seconds": self.seconds,
@@ -487,38 +543,51 @@ class _State:
 
     round: int
     done: bool
-    mu: np.ndarray
+    mu: np.ndarray  # the last M-step's result (the estimate)
     omega: np.ndarray
+    em: PlainEMState | SquaremState  # where the next round runs (the strategy's)
+    e_steps: int
     g: np.ndarray
     loc: np.ndarray
     sigma: np.ndarray
     phi: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None  # Student-t reading weights; None (ones) otherwise
     iterations: np.ndarray
     history_mu: np.ndarray
     history_omega: np.ndarray
 
 
-def _fingerprint(engine: _Engine) -> str:
-    """A digest of the model, prior and optimiser (every value), to match a checkpoint."""
+def _state_arrays(state: _State) -> dict[str, np.ndarray]:
+    """The state as named arrays (the checkpoint's entries): ``em_*`` for the EM's."""
+    out = {}
+    for f in dataclasses.fields(_State):
+        value = getattr(state, f.name)
+        if f.name == "em":
+            out.update({f"em_{k}": np.asarray(v) for k, v in value._asdict().items()})
+        elif value is not None:
+            out[f.name] = np.asarray(value)
+    return out
+
+
+def _fingerprint(engine: _Engine, em) -> str:
+    """A digest of the model, prior, optimiser and EM strategy, to match a checkpoint."""
     problem = engine.problem
-    leaves, treedef = jax.tree.flatten((problem.model, problem.prior, engine.optimiser))
+    leaves, treedef = jax.tree.flatten(
+        (problem.model, problem.prior, engine.optimiser, em)
+    )
     text = str(treedef) + repr([np.asarray(x).tolist() for x in leaves])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _save_checkpoint(path, state: _State, engine: _Engine, patient_id) -> None:
+def _save_checkpoint(path, state: _State, engine: _Engine, patient_id, em) -> None:
     """Write ``state`` to ``path`` atomically (``.npz``, no pickled objects)."""
     estimated = engine.problem.prior.estimated
     arrays = {
         "version": np.asarray(_CHECKPOINT_VERSION),
-        "settings": np.asarray(_fingerprint(engine)),
+        "settings": np.asarray(_fingerprint(engine, em)),
         "patient_id": np.asarray(patient_id, dtype=str),
         "estimated": np.asarray(estimated, dtype=str),
-        **{
-            f.name: np.asarray(getattr(state, f.name))
-            for f in dataclasses.fields(_State)
-        },
+        **_state_arrays(state),
     }
 
     def write(tmp: Path) -> None:
@@ -528,7 +597,43 @@ def _save_checkpoint(path, state: _State, engine: _Engine, patient_id) -> None:
     atomic_write_with(path, write)
 
 
-def _load_checkpoint(path, engine: _Engine, patient_id) -> _State:
+def _state_bytes(state: _State) -> bytes:
+    """The state's values as bytes (to compare the states of several processes)."""
+    return b"".join(
+        name.encode() + value.tobytes() for name, value in _state_arrays(state).items()
+    )
+
+
+def _resume(path, engine: _Engine, patient_id, em, *, resume: bool, several: bool):
+    """The checkpoint's state to resume from, or None to start afresh.
+
+    With a mesh over several processes every process must find the same state (the
+    checkpoint on a file system they share); otherwise all of them stop with an
+    `InputError`, decided together so that none is left waiting for the others.
+    """
+    state, error = None, None
+    if resume and path.exists():
+        try:
+            state = _load_checkpoint(path, engine, patient_id, em)
+        except InputError as err:
+            if not several:
+                raise
+            error = err
+    if several:
+        mine = b"error" if error else b"" if state is None else _state_bytes(state)
+        if not same_in_every_process(mine):
+            raise error or InputError(
+                "fit_population: the processes of a distributed run found different "
+                "checkpoints",
+                file=path,
+                expected="the checkpoint on a file system shared by every process",
+            )
+    if error is not None:
+        raise error
+    return state
+
+
+def _load_checkpoint(path, engine: _Engine, patient_id, em) -> _State:
     """The state saved at ``path``, checked against this fit's patients and shapes."""
     estimated = engine.problem.prior.estimated
 
@@ -537,7 +642,7 @@ def _load_checkpoint(path, engine: _Engine, patient_id) -> _State:
             f"checkpoint does not match this population fit: {what}",
             file=path,
             expected="a checkpoint written by fit_population for the same patients, "
-            "model and prior (delete it to start afresh)",
+            "model, prior, optimiser and EM strategy (delete it to start afresh)",
         )
 
     with np.load(path, allow_pickle=False) as z:
@@ -548,23 +653,36 @@ def _load_checkpoint(path, engine: _Engine, patient_id) -> _State:
         raise bad("different patients")
     if list(data["estimated"]) != list(estimated):
         raise bad("different estimated parameters")
-    if str(data.get("settings", "")) != _fingerprint(engine):
-        raise bad("a different model, prior or optimiser")
-    m = engine.n_real
-    expected = {k: (m, *v.shape[1:]) for k, v in engine.init.items()}
-    expected.update(mu=(len(estimated),), omega=(len(estimated),), iterations=(m,))
+    if str(data.get("settings", "")) != _fingerprint(engine, em):
+        raise bad("a different model, prior, optimiser or EM strategy")
+    m, p = engine.n_real, len(estimated)
+    rows = engine.initial_rows()
+    template = em.init(np.zeros(p), np.ones(p))
+    expected = {k: (m, *v.shape[1:]) for k, v in rows.items() if v is not None}
+    expected.update(mu=(p,), omega=(p,), iterations=(m,))
+    expected.update({f"em_{k}": np.shape(v) for k, v in template._asdict().items()})
     for name, shape in expected.items():
+        if name not in data:
+            raise bad(f"no {name}")
         if data[name].shape != shape:
             raise bad(f"{name} has shape {data[name].shape}, expected {shape}")
-    values = {f.name: data[f.name] for f in dataclasses.fields(_State)}
+    values = {
+        f.name: data.get(f.name)
+        for f in dataclasses.fields(_State)
+        if f.name not in ("em", "weights")
+    }
     values["round"] = int(values["round"])
     values["done"] = bool(values["done"])
+    values["e_steps"] = int(values["e_steps"])
+    values["em"] = type(template)(**{k: data[f"em_{k}"] for k in template._fields})
+    values["weights"] = data["weights"] if rows["weights"] is not None else None
     return _State(**values)
 
 
 # -------------------------------------------------------------------------- the fit
 def _place(tree, sharding):
-    return tree if sharding is None else jax.device_put(tree, sharding)
+    # host data, identical in every process: each places its own devices' shards
+    return place_on(tree, sharding)
 
 
 _SOLVE_FAILED = (
@@ -573,25 +691,46 @@ _SOLVE_FAILED = (
 )
 
 
+def _chunk_size(n: int, chunk_size: int | None, n_devices: int) -> int:
+    """Patients per device call.
+
+    ``chunk_size`` (all if None) rounded up to a multiple of the devices, and at most
+    the patients rounded up likewise (then there is one chunk).
+    """
+    whole = -(-n // n_devices) * n_devices
+    if chunk_size is None:
+        return whole
+    return min(-(-chunk_size // n_devices) * n_devices, whole)
+
+
+def _take(rows: dict, start: int, count: int) -> dict:
+    """Rows ``start:start + count`` of each per-patient array (None stays None)."""
+    return {k: None if v is None else v[start : start + count] for k, v in rows.items()}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Engine:
     """What stays fixed over the rounds of one population fit (host side).
 
-    Per-patient state lives in `_State` (real patients only); `rows` pads it with the
-    dummies' fixed starting rows for the devices.
+    The stacked windows stay on the host (numpy); each E-step moves one chunk of
+    ``chunk`` patients at a time to the devices (sharded over the mesh), so device
+    memory holds one chunk's Jacobians, whatever the population size. Every chunk has
+    the same shape (the last one is filled with dummy patients), so one compiled
+    program serves them all. Per-patient state lives in `_State` (real patients only);
+    `solve` appends the dummies' fixed starting rows.
     """
 
-    problem: PopulationProblem
-    windows: PatientWindows  # placed on the devices
+    problem: PopulationProblem  # host-side, n_chunks * chunk patients
     optimiser: LevenbergMarquardt
     n_real: int
+    chunk: int
     mesh: jax.sharding.Mesh | None  # automatic axis types, or None
-    use: np.ndarray  # exact readings that count [N, W, T]
-    obs: np.ndarray
-    init: dict  # starting rows of every stacked patient: g, loc, sigma, phi, weights
+    g0: np.ndarray  # starting global unknowns of every stacked patient [N, ng]
+    loc0: np.ndarray  # starting local unknowns of a patient [W, nl]
+    placed: PatientWindows | None  # the windows on the devices (a single chunk)
 
     @classmethod
-    def build(cls, problem: PopulationProblem, optimiser, mesh) -> _Engine:
+    def build(cls, problem: PopulationProblem, optimiser, mesh, chunk: int) -> _Engine:
         auto = None
         if mesh is not None:
             # shardings on a copy of the mesh with automatic axis types: with explicit
@@ -605,44 +744,38 @@ class _Engine:
         win = problem.windows
         obj0 = problem.objective(0)
         n, p = problem.n_patients, problem.n_params
+        if n % chunk:
+            raise ValueError(f"_Engine: {n} stacked patients, not chunks of {chunk}")
         mu0 = np.asarray(obj0.prior_centre())
-        loc = np.zeros((n, win.ts.shape[1], obj0.n_local), mu0.dtype)
+        loc0 = np.zeros((win.ts.shape[1], obj0.n_local), mu0.dtype)
         if isinstance(problem.model.meals, LatentMeals):
-            loc[:, :, obj0.meal_start :] = np.log(problem.model.meals.init_g)
+            loc0[:, obj0.meal_start :] = np.log(problem.model.meals.init_g)
         knots = np.where(
             np.asarray(win.knot_valid), np.log(problem.prior.graft_median), 0.0
         )
-        g = np.concatenate(
+        g0 = np.concatenate(
             [
                 np.broadcast_to(mu0, (n, p)),
                 knots,
                 np.zeros((n, 2 * problem.n_sessions)),
             ],
             axis=1,
-        )
-        patients = (
-            None
-            if auto is None
-            else jax.sharding.NamedSharding(
-                auto, jax.sharding.PartitionSpec("patients")
-            )
-        )
-        return cls(
+        ).astype(mu0.dtype)
+        engine = cls(
             problem=problem,
-            windows=_place(win, patients),
             optimiser=optimiser,
             n_real=int(np.asarray(problem.real).sum()),
+            chunk=chunk,
             mesh=auto,
-            use=np.asarray(win.mask & (win.censor == 0) & win.valid[:, :, None]),
-            obs=np.asarray(win.obs),
-            init={
-                "g": g,
-                "loc": loc,
-                "sigma": np.full(n, 10.0),
-                "phi": np.zeros(n),
-                "weights": np.ones(win.obs.shape, mu0.dtype),
-            },
+            g0=g0,
+            loc0=loc0,
+            placed=None,
         )
+        if n == chunk:  # one chunk: on the devices once for all rounds
+            engine = dataclasses.replace(
+                engine, placed=engine._put(win, engine._sharding("patients"))
+            )
+        return engine
 
     def _sharding(self, *axes: str):
         """Sharding of the patient axis (``"patients"``) or replication (no axis)."""
@@ -650,41 +783,107 @@ class _Engine:
             return None
         return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*axes))
 
-    def rows(self, state: _State) -> dict:
-        """The state's per-patient arrays for all stacked patients (dummies appended)."""
+    @staticmethod
+    def _put(tree, sharding):
+        """Host arrays onto the devices: ``sharding``, or the default device."""
+        if sharding is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return _place(tree, sharding)
+
+    @property
+    def student_t(self) -> bool:
+        """Whether the CGM error is Student-t (per-reading weights are state)."""
+        return isinstance(self.problem.model.noise, StudentTNoise)
+
+    def chunks(self):
+        """``(start, real)`` of each chunk: first stacked patient, real patients in it."""
         m = self.n_real
+        for start in range(0, self.problem.n_patients, self.chunk):
+            yield start, max(0, min(start + self.chunk, m) - start)
+
+    def use(self, start: int, count: int) -> np.ndarray:
+        """Exact readings that count, of patients ``start:start + count`` [n, W, T]."""
+        win, sl = self.problem.windows, slice(start, start + count)
+        return win.mask[sl] & (win.censor[sl] == 0) & win.valid[sl][:, :, None]
+
+    def initial_rows(self) -> dict:
+        """Starting per-patient arrays of the real patients (fresh copies)."""
+        m, win = self.n_real, self.problem.windows
         return {
-            name: np.concatenate([np.asarray(getattr(state, name)), fill[m:]])
-            for name, fill in self.init.items()
+            "g": self.g0[:m].copy(),
+            "loc": np.broadcast_to(self.loc0, (m, *self.loc0.shape)).copy(),
+            "sigma": np.full(m, 10.0),
+            "phi": np.zeros(m),
+            "weights": np.ones((m, *win.obs.shape[1:]), win.obs.dtype)
+            if self.student_t
+            else None,
         }
 
-    def solve(self, mu, omega, rows: dict, max_iter: int, *, cov: bool):
-        """One E-step on the devices -> (host-side `_Solved`, covariances or None)."""
-        shard, rep = self._sharding("patients"), self._sharding()
-        args = tuple(
-            jnp.asarray(rows[k]) for k in ("g", "loc", "sigma", "phi", "weights")
+    def solve(self, mu, omega, rows: dict, start: int, max_iter: int, *, cov: bool):
+        """One E-step of the chunk from ``start`` on the devices.
+
+        Args:
+            mu: Prior centre of θ.
+            omega: Prior SD of θ.
+            rows: Starting rows of the chunk's real patients (``g, loc, sigma, phi,
+                weights``; weights None for ones).
+            start: First stacked patient of the chunk.
+            max_iter: Optimiser iterations.
+            cov: Also compute the Laplace covariances.
+
+        Returns:
+            Host-side `_Solved` and covariances (or None) of the chunk's real patients.
+        """
+        c, k = self.chunk, rows["g"].shape[0]
+        fill = c - k  # dummies at the end of the last chunk
+        win = self.problem.windows
+        shape = win.obs.shape[1:]
+
+        def pad(x, default):
+            if fill == 0:
+                return x
+            tail = np.broadcast_to(np.asarray(default, x.dtype), (fill, *x.shape[1:]))
+            return np.concatenate([x, tail])
+
+        weights = rows["weights"]
+        if weights is None:
+            weights = np.ones((k, *shape), win.obs.dtype)
+        args = (
+            np.concatenate([rows["g"], self.g0[start + k : start + c]]),
+            pad(rows["loc"], self.loc0),
+            pad(rows["sigma"], 10.0),
+            pad(rows["phi"], 0.0),
+            pad(weights, 1.0),
         )
+        shard, rep = self._sharding("patients"), self._sharding()
+        windows = self.placed
+        if windows is None:
+            windows = self._put(
+                jax.tree.map(lambda x: x[start : start + c], win), shard
+            )
         res = _solve_all(
-            self.windows,
+            windows,
             self.problem.model,
             self.problem.prior,
             _place(jnp.asarray(mu), rep),
             _place(jnp.asarray(omega), rep),
             self.optimiser,
-            *_place(args, shard),
+            *self._put(args, shard),
             jnp.asarray(max_iter),
             self.mesh,
         )
-        covariance = np.asarray(_covariances(res.blocks)) if cov else None
-        return jax.tree.map(np.asarray, res), covariance
+        # with a mesh over several processes, every process gathers all patients
+        covariance = gather_to_host(_covariances(res.blocks))[:k] if cov else None
+        return jax.tree.map(lambda x: x[:k], gather_to_host(res)), covariance
 
-    def noise(self, pred, ok, rows: dict) -> dict:
-        """``rows`` with each evaluable patient's CGM error re-estimated."""
+    def noise(self, pred, ok, rows: dict, start: int) -> dict:
+        """``rows`` (of the patients from ``start``) with the CGM error re-estimated."""
+        k = rows["g"].shape[0]
         sigma, phi, weights = _update_noise(
             self.problem.model,
             pred,
-            self.obs,
-            self.use,
+            self.problem.windows.obs[start : start + k],
+            self.use(start, k),
             ok,
             rows["sigma"],
             rows["phi"],
@@ -692,126 +891,195 @@ class _Engine:
         )
         return {**rows, "sigma": sigma, "phi": phi, "weights": weights}
 
-    def start(self, *, key, starts: int) -> _State:
+    @staticmethod
+    def _store(rows: dict, chunk_rows: dict, start: int) -> None:
+        """Write a chunk's rows into the population's rows (in place)."""
+        for name, value in chunk_rows.items():
+            if value is not None:
+                rows[name][start : start + value.shape[0]] = value
+
+    def start(self, *, key, starts: int, em) -> _State:
         """Screen the starting points of every patient (single-patient prior)."""
-        prior, p, n = self.problem.prior, self.problem.n_params, self.problem.n_patients
-        mu0, omega0 = self.init["g"][0, :p], np.asarray(prior.log_sd)
+        prior, p, m = self.problem.prior, self.problem.n_params, self.n_real
+        mu0, omega0 = self.g0[0, :p], np.asarray(prior.log_sd)
         levels = [prior.graft_median, 0.05, 1.0][: max(1, starts)]
         # patient i's jitter is `fit_patient`'s with key split(key, n)[i]
-        keys = [
-            jax.random.split(k, len(levels)) for k in jax.random.split(key, self.n_real)
-        ]
+        subkeys = jax.vmap(lambda k: jax.random.split(k, len(levels)))(
+            jax.random.split(key, m)
+        )
+        jitter = np.asarray(
+            jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (p,))))(subkeys)
+        )  # [m, levels, p]
         knot_valid = np.asarray(self.problem.windows.knot_valid)
-        best, best_cost = None, np.full(n, np.inf)
-        iterations = np.zeros(n, int)
-        for j, level in enumerate(levels):
-            jitter = np.zeros((n, p))
-            jitter[: self.n_real] = [
-                np.asarray(jax.random.normal(k[j], (p,))) for k in keys
-            ]
-            rows = dict(self.init)
-            rows["g"] = self.init["g"].copy()
-            rows["g"][:, :p] += 0.05 * jitter
-            rows["g"][:, p : p + knot_valid.shape[1]] = np.where(
-                knot_valid, np.log(level), 0.0
-            )
-            res, _ = self.solve(
-                mu0, omega0, rows, self.optimiser.screen_iter, cov=False
-            )
-            iterations += res.iterations
-            better = np.isfinite(res.cost) & (res.cost < best_cost)
-            best_cost = np.where(better, res.cost, best_cost)
-            best = res if best is None else _select(better, res, best)
-        ok = np.isfinite(best_cost)
-        rows = dict(self.init)
-        rows["g"] = np.where(ok[:, None], best.g, self.init["g"])
-        rows["loc"] = np.where(ok[:, None, None], best.loc, self.init["loc"])
-        rows = self.noise(best.pred, ok, rows)
-        m = self.n_real
+        nk = knot_valid.shape[1]
+        rows = self.initial_rows()
+        iterations = np.zeros(m, int)
+        for start, k in self.chunks():
+            sl = slice(start, start + k)
+            chunk_rows = _take(rows, start, k)
+            best, best_cost = None, np.full(k, np.inf)
+            for j, level in enumerate(levels):
+                g = self.g0[sl].copy()
+                g[:, :p] += 0.05 * jitter[sl, j]
+                g[:, p : p + nk] = np.where(knot_valid[sl], np.log(level), 0.0)
+                res, _ = self.solve(
+                    mu0,
+                    omega0,
+                    {**chunk_rows, "g": g},
+                    start,
+                    self.optimiser.screen_iter,
+                    cov=False,
+                )
+                iterations[sl] += res.iterations
+                better = np.isfinite(res.cost) & (res.cost < best_cost)
+                best_cost = np.where(better, res.cost, best_cost)
+                best = res if best is None else _select(better, res, best)
+            ok = np.isfinite(best_cost)
+            chunk_rows["g"] = np.where(ok[:, None], best.g, chunk_rows["g"])
+            chunk_rows["loc"] = np.where(ok[:, None, None], best.loc, chunk_rows["loc"])
+            self._store(rows, self.noise(best.pred, ok, chunk_rows, start), start)
         return _State(
             round=0,
             done=False,
             mu=mu0,
             omega=omega0,
-            **{k: v[:m] for k, v in rows.items()},
-            iterations=iterations[:m],
+            em=em.init(mu0, omega0),
+            e_steps=len(levels),
+            **rows,
+            iterations=iterations,
             history_mu=np.zeros((0, p)),
             history_omega=np.zeros((0, p)),
         )
 
-    def em_round(self, state: _State, *, tol: float, floor: float):
-        """One E-step and M-step -> (new state, change of μ and ω, patients failed)."""
+    def em_round(self, state: _State, *, em, tol: float, floor: float):
+        """One E-step and M-step at the strategy's point.
+
+        Returns:
+            ``(new state, change of μ and ω, patients failed)``.
+        """
         p, m = self.problem.n_params, self.n_real
-        rows = self.rows(state)
-        res, cov = self.solve(
-            state.mu, state.omega, rows, self.optimiser.max_iter, cov=True
-        )
-        ok = np.isfinite(res.cost) & np.asarray(self.problem.real)
-        rows["g"] = np.where(ok[:, None], res.g, rows["g"])
-        rows["loc"] = np.where(ok[:, None, None], res.loc, rows["loc"])
-        rows = self.noise(res.pred, ok, rows)
-        if ok.any():
-            var = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
-            mu, omega = _m_step(res.g[:, :p], var, ok, floor)
+        point = np.asarray(state.em.point)
+        mu_x, omega_x = point[:p], point[p:]
+        rows = {
+            k: None if v is None else v.copy()
+            for k, v in (
+                ("g", state.g),
+                ("loc", state.loc),
+                ("sigma", state.sigma),
+                ("phi", state.phi),
+                ("weights", state.weights),
+            )
+        }
+        theta, var = np.zeros((m, p)), np.zeros((m, p))
+        ok_all = np.zeros(m, bool)
+        iterations = state.iterations.copy()
+        for start, k in self.chunks():
+            sl = slice(start, start + k)
+            chunk_rows = _take(rows, start, k)
+            res, cov = self.solve(
+                mu_x, omega_x, chunk_rows, start, self.optimiser.max_iter, cov=True
+            )
+            ok = np.isfinite(res.cost)
+            chunk_rows["g"] = np.where(ok[:, None], res.g, chunk_rows["g"])
+            chunk_rows["loc"] = np.where(ok[:, None, None], res.loc, chunk_rows["loc"])
+            self._store(rows, self.noise(res.pred, ok, chunk_rows, start), start)
+            theta[sl] = res.g[:, :p]
+            var[sl] = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
+            ok_all[sl] = ok
+            iterations[sl] += res.iterations
+        if ok_all.any():
+            mu, omega = _m_step(theta, var, ok_all, floor)
+            em_state = em.update(state.em, np.concatenate([mu, omega]), floor=floor)
         else:
-            mu, omega = state.mu, state.omega
-        change = float(
-            max(np.max(np.abs(mu - state.mu)), np.max(np.abs(omega - state.omega)))
-        )
+            mu, omega, em_state = mu_x, omega_x, state.em
+        change = float(max(np.max(np.abs(mu - mu_x)), np.max(np.abs(omega - omega_x))))
         new = _State(
             round=state.round + 1,
-            done=bool(ok.any()) and change < tol,
+            done=bool(ok_all.any()) and change < tol,
             mu=mu,
             omega=omega,
-            **{k: v[:m] for k, v in rows.items()},
-            iterations=state.iterations + res.iterations[:m],
+            em=em_state,
+            e_steps=state.e_steps + 1,
+            **rows,
+            iterations=iterations,
             history_mu=np.concatenate([state.history_mu, mu[None]]),
             history_omega=np.concatenate([state.history_omega, omega[None]]),
         )
-        return new, change, int(m - ok[:m].sum())
+        return new, change, int(m - ok_all.sum())
 
     def finish(
         self, state: _State, infos, failures: dict, start_time: float, n_devices: int
     ) -> PopulationResult:
         """The reported fit: every patient's MAP under the final population prior."""
         p, m = self.problem.n_params, self.n_real
-        rows = self.rows(state)
-        res, cov = self.solve(
-            state.mu, state.omega, rows, self.optimiser.max_iter, cov=True
-        )
-        ok = (np.isfinite(res.cost) & np.asarray(self.problem.real))[:m]
-        iterations = state.iterations + res.iterations[:m]
-        seconds = time.perf_counter() - start_time
-        theta = np.where(ok[:, None], res.g[:m, :p], np.nan)
-        var = np.diagonal(cov, axis1=1, axis2=2)[:m, :p]
-        theta_sd = np.where(ok[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
-        failures = dict(failures)
+        rows = {
+            "g": state.g,
+            "loc": state.loc,
+            "sigma": state.sigma,
+            "phi": state.phi,
+            "weights": state.weights,
+        }
+        theta = np.full((m, p), np.nan)
+        theta_sd = np.full((m, p), np.nan)
+        cov_theta = np.zeros((m, p, p))
+        ok_all = np.zeros(m, bool)
+        iterations = state.iterations.copy()
         results = {}
-        for i, info in enumerate(infos):
-            if not ok[i]:
-                failures[info.patient_id] = _SOLVE_FAILED
-                continue
-            results[info.patient_id] = _fit_result(
-                self.problem,
-                i,
-                info,
-                res,
-                cov,
-                (float(rows["sigma"][i]), float(rows["phi"][i])),
-                int(iterations[i]),
-                seconds / m,
-                mu=state.mu,
-                omega=state.omega,
+        for start, k in self.chunks():
+            sl = slice(start, start + k)
+            res, cov = self.solve(
+                state.mu,
+                state.omega,
+                _take(rows, start, k),
+                start,
+                self.optimiser.max_iter,
+                cov=True,
             )
-        n_ok = max(int(ok.sum()), 1)
+            ok = np.isfinite(res.cost)
+            ok_all[sl] = ok
+            iterations[sl] += res.iterations
+            var = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
+            theta[sl] = np.where(ok[:, None], res.g[:, :p], np.nan)
+            theta_sd[sl] = np.where(ok[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
+            cov_theta[sl] = cov[:, :p, :p]
+            for j in np.flatnonzero(ok):
+                i = start + int(j)
+                results[infos[i].patient_id] = _fit_result(
+                    self.problem,
+                    i,
+                    int(j),
+                    infos[i],
+                    res,
+                    cov,
+                    (float(state.sigma[i]), float(state.phi[i])),
+                    int(iterations[i]),
+                    0.0,
+                    mu=state.mu,
+                    omega=state.omega,
+                )
+        seconds = time.perf_counter() - start_time
+        failures = dict(failures)
+        for i, info in enumerate(infos):
+            if not ok_all[i]:
+                failures[info.patient_id] = _SOLVE_FAILED
+        # in input order, each with its share of the wall time
+        results = {
+            info.patient_id: dataclasses.replace(
+                results[info.patient_id], seconds=seconds / m
+            )
+            for info in infos
+            if info.patient_id in results
+        }
         omega = np.asarray(state.omega)
-        ebe_var = np.var(theta[ok], axis=0) if ok.any() else np.full(p, np.nan)
+        ebe_var = np.var(theta[ok_all], axis=0) if ok_all.any() else np.full(p, np.nan)
+        mu_se, omega_se = population_standard_errors(omega, cov_theta[ok_all])
+        extrapolated = getattr(state.em, "extrapolated", 0)
         return PopulationResult(
             estimated=tuple(self.problem.prior.estimated),
             mu=np.asarray(state.mu),
             omega=omega,
-            mu_se=omega / np.sqrt(n_ok),
-            omega_se=omega / np.sqrt(2.0 * n_ok),
+            mu_se=mu_se,
+            omega_se=omega_se,
             shrinkage=1.0 - ebe_var / omega**2,
             patient_id=tuple(info.patient_id for info in infos),
             theta=theta,
@@ -824,6 +1092,11 @@ class _Engine:
             history_omega=state.history_omega,
             n_devices=n_devices,
             seconds=seconds,
+            model=self.problem.model,
+            prior=self.problem.prior,
+            e_steps=state.e_steps + 1,
+            extrapolations=int(extrapolated),
+            chunk_size=self.chunk,
         )
 
 
@@ -835,7 +1108,8 @@ def _warn_cpu_mesh(mesh: jax.sharding.Mesh) -> None:
     optimiser's step) whose kernel waited for batch partitions queued on the same pool,
     and the program never finished (with 3 devices and 2 patients each it did).
     """
-    devices = list(mesh.devices.flat)
+    # the devices of this process (the others' share no thread pool with it)
+    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     cores = os.cpu_count() or 1
     if all(d.platform == "cpu" for d in devices) and len(devices) >= cores:
         warnings.warn(
@@ -871,6 +1145,8 @@ def fit_population(
     checkpoint_every: int = 1,
     resume: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    chunk_size: int | None = 64,
+    em: PlainEM | SquaremEM = PlainEM(),
     on_round: Callable[[RoundInfo], None] | None = None,
 ) -> PopulationResult:
     """Fit all patients together: population typical values, variability, and EBEs.
@@ -903,8 +1179,18 @@ def fit_population(
         checkpoint_every: Rounds between checkpoints.
         resume: Continue from ``checkpoint`` if it exists (it must come from the same
             patients, model and prior); the result equals an uninterrupted run.
-        mesh: A `jax.sharding.Mesh` with an axis ``"patients"``: the patients are
-            sharded over it (padded with dummy patients to a multiple of its size).
+        mesh: A `jax.sharding.Mesh` with an axis ``"patients"``: the patients of each
+            chunk are sharded over it.
+        chunk_size: Patients per device call of an E-step (rounded up to a multiple
+            of the mesh size), or None for all at once. The E-step runs chunk by
+            chunk (one compiled program: the last chunk is filled with dummy
+            patients), so device memory holds one chunk's Jacobians — about
+            3·W·T·n_g·8 bytes per patient (W day-windows of T readings, n_g global
+            unknowns; XLA's temporaries were 4.0 GiB for 64 patients × 84 windows ×
+            288 readings, n_g = 110) — and the patients' data stay on the host. The
+            result does not depend on it (to rounding).
+        em: How μ and ω move from round to round: `PlainEM` (the EM iteration) or
+            `SquaremEM` (SQUAREM extrapolation, fewer rounds when the EM is slow).
         on_round: Called with a `RoundInfo` after each round (after its checkpoint).
 
     Returns:
@@ -921,12 +1207,28 @@ def fit_population(
             "fit_population: max_rounds >= 0, checkpoint_every >= 1, tol >= 0 and "
             "omega_floor > 0 are required"
         )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size < 1
+    ):
+        raise InputError(
+            f"fit_population: chunk_size must be a whole number >= 1 or None, got "
+            f"{chunk_size!r}",
+            field="chunk_size",
+        )
+    if not isinstance(em, PlainEM | SquaremEM):
+        raise InputError(
+            f"fit_population: em must be PlainEM() or SquaremEM(), got {em!r}",
+            field="em",
+        )
     if resume and checkpoint is None:
         raise InputError("fit_population: resume=True needs a checkpoint path")
     if mesh is not None and "patients" not in mesh.shape:
         raise InputError("fit_population: the mesh needs an axis named 'patients'")
     if mesh is not None:
         _warn_cpu_mesh(mesh)
+    several = spans_processes(mesh)  # multi-controller: one writer, shared checkpoint
 
     # prepare every patient on its own: a bad record is reported, the others go on
     failures: dict[str, str] = {}
@@ -944,21 +1246,31 @@ def fit_population(
             "fit_population: no patient's record can be fitted: "
             + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
-    problem = stack_windows(prepared, model=model, prior=prior)
     n_devices = 1 if mesh is None else int(mesh.shape["patients"])
-    engine = _Engine.build(pad_patients(problem, n_devices), optimiser, mesh)
+    n = len(prepared)
+    chunk = _chunk_size(n, chunk_size, n_devices)
+    # host-side stack, the dummies of the last chunk included; each patient's own
+    # arrays are freed as they are copied
+    problem = stack_windows_host(
+        prepared, model=model, prior=prior, n_total=-(-n // chunk) * chunk, consume=True
+    )
+    del prepared
+    engine = _Engine.build(problem, optimiser, mesh, chunk)
     patient_id = tuple(info.patient_id for info in infos)
 
     ckpt = None if checkpoint is None else Path(checkpoint)
-    if resume and ckpt.exists():
-        state = _load_checkpoint(ckpt, engine, patient_id)
-    else:
-        state = engine.start(key=key, starts=starts)
+    state = _resume(ckpt, engine, patient_id, em, resume=resume, several=several)
+    if state is None:
+        state = engine.start(key=key, starts=starts, em=em)
     while not state.done and state.round < max_rounds:
         t_round = time.perf_counter()
-        state, change, n_failed = engine.em_round(state, tol=tol, floor=omega_floor)
-        if ckpt is not None and (state.round % checkpoint_every == 0 or state.done):
-            _save_checkpoint(ckpt, state, engine, patient_id)
+        extrapolated = em.extrapolating(state.em)
+        state, change, n_failed = engine.em_round(
+            state, em=em, tol=tol, floor=omega_floor
+        )
+        due = state.round % checkpoint_every == 0 or state.done
+        if ckpt is not None and due and (is_main_process() or not several):
+            _save_checkpoint(ckpt, state, engine, patient_id, em)
         if on_round is not None:
             on_round(
                 RoundInfo(
@@ -968,13 +1280,18 @@ def fit_population(
                     change=change,
                     n_failed=n_failed,
                     seconds=time.perf_counter() - t_round,
+                    e_steps=state.e_steps,
+                    extrapolated=extrapolated,
                 )
             )
     return engine.finish(state, infos, failures, start_time, n_devices)
 
 
 def _update_noise(model, pred, obs, use, ok, sigma, phi, weights):
-    """Re-estimate each evaluable patient's CGM error (and Student-t weights)."""
+    """Re-estimate each evaluable patient's CGM error (and Student-t weights).
+
+    ``weights`` None (Gaussian error) stands for ones and stays None.
+    """
     resid = np.asarray(pred) - obs
     s_new, f_new = _estimate_noise_batch(resid, use, weights, model.noise.ar1)
     sigma = np.where(ok, s_new, sigma)
@@ -991,6 +1308,7 @@ def _update_noise(model, pred, obs, use, ok, sigma, phi, weights):
 def _fit_result(
     problem: PopulationProblem,
     i: int,
+    j: int,
     info: WindowInfo,
     res: _Solved,
     cov: np.ndarray,
@@ -1001,7 +1319,7 @@ def _fit_result(
     mu,
     omega,
 ) -> FitResult:
-    """Patient ``i``'s `FitResult` from the stacked solve (as `fit_patient` builds it)."""
+    """Stacked patient ``i``'s `FitResult` from row ``j`` of a chunk's solve."""
     base = problem.objective(i)
     obj = HierarchicalObjective(
         windows=base.windows,
@@ -1013,13 +1331,13 @@ def _fit_result(
     return assemble_result(
         obj,
         info,
-        jnp.asarray(res.g[i]),
-        cov[i],
-        pred=np.asarray(res.pred[i]),
-        ok=np.asarray(res.ok[i]),
+        jnp.asarray(res.g[j]),
+        cov[j],
+        pred=np.asarray(res.pred[j]),
+        ok=np.asarray(res.ok[j]),
         noise=(float(noise[0]), float(noise[1])),
-        converged=bool(res.converged[i]),
+        converged=bool(res.converged[j]),
         iterations=iterations,
         seconds=seconds,
-        cost=float(res.cost[i]),
+        cost=float(res.cost[j]),
     )

@@ -168,13 +168,20 @@ def build_report(out_dir: str | Path) -> Path:
             f"{fit.get('n_readings', '–')} readings, {fit.get('iterations', '–')} iterations, "
             f"{_fmt(fit.get('seconds'), '{:.1f}')} s. {html.escape(str(fit.get('message') or ''))}</p>"
         )
+    population_link = (
+        "<p>Population fit: <a href='population_report.html'>population report</a> "
+        "(parameters with standard errors, shrinkage, visual predictive check).</p>"
+        if (out / "population_parameters.csv").exists()
+        else ""
+    )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         "<title>isletfit report</title>"
         f"<style>{_STYLE}</style></head><body>"
         "<h1>isletfit: graft function report</h1>"
         f"<p class='note'>{html.escape(_NOTE)}</p>"
-        "<h2>All patients</h2><table><tr><th>patient</th><th>visits</th>"
+        + population_link
+        + "<h2>All patients</h2><table><tr><th>patient</th><th>visits</th>"
         "<th>B at last visit (95 %)</th><th>P(independent)</th><th>TIR %</th>"
         "<th>RMSE mg/dL</th><th>converged</th></tr>"
         + "".join(run_rows)

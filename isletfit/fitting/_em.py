@@ -1,0 +1,246 @@
+r"""How the Laplace-EM of `fit_population` moves μ and ω: plain or accelerated.
+
+One *round* of `fit_population` runs the E-step (every patient's MAP under the prior
+N(μ, ω²)) and the M-step at one point x = (μ, ω), giving the EM map F(x). A strategy
+only decides where the next round runs, from the points and maps seen so far:
+
+- `PlainEM`: at F(x) (the EM iteration x ← F(x)).
+- `SquaremEM`: SQUAREM (Varadhan & Roland 2008, scheme S3) — from x₀, two EM steps
+  x₁ = F(x₀), x₂ = F(x₁), then the extrapolation
+  x' = x₀ + 2α r + α² v with r = x₁ − x₀, v = x₂ − 2x₁ + x₀ and step length
+  α = ‖r‖/‖v‖ (clamped to [1, ``step_max``]), then one stabilising EM step
+  x₃ = F(x'), which starts the next cycle. α = 1 gives x' = x₂ (plain EM).
+
+Safeguards (those of the reference implementation, the R package SQUAREM, without an
+objective function, plus a residual check): ``step_max`` starts at ``step_max0`` and
+grows by ``mstep`` after each cycle whose α reached it; an extrapolated point whose ω
+is not finite or not positive is not evaluated; an extrapolated point whose EM change
+‖F(x') − x'‖ is larger than the change ‖x₂ − x₁‖ of the plain step it replaced is
+rejected. Either way the cycle falls back to the plain EM point x₂ (the next cycle
+starts there) and, if α had reached ``step_max``, the bound shrinks by ``mstep`` (not
+below ``step_max0``). ω below ``omega_floor`` (but positive) is raised
+to the floor, as the M-step floors it. Convergence is judged as for plain EM: the
+round's change ‖F(x) − x‖∞ at the point it ran.
+
+Strategies are pure: their state (`PlainEMState`, `SquaremState`, numpy arrays only)
+is returned, never stored; `fit_population` saves it in its checkpoint, so a resumed
+fit continues the extrapolation cycle where it stopped.
+
+References:
+    - Varadhan R, Roland C. Simple and globally convergent methods for accelerating
+      the convergence of any EM algorithm. Scand J Stat 35:335–353, 2008.
+      doi:10.1111/j.1467-9469.2007.00585.x
+    - Du Y, Varadhan R. SQUAREM: an R package for off-the-shelf acceleration of EM,
+      MM and other EM-like monotone algorithms. J Stat Softw 92(7), 2020.
+      doi:10.18637/jss.v092.i07
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import numpy as np
+
+from .._errors import InputError
+
+__all__ = ["PlainEM", "PlainEMState", "SquaremEM", "SquaremState"]
+
+
+def _join(mu, omega) -> np.ndarray:
+    return np.concatenate([np.asarray(mu, float), np.asarray(omega, float)])
+
+
+class PlainEMState(NamedTuple):
+    """State of `PlainEM`.
+
+    Attributes:
+        point: (μ, ω) of the next round, concatenated ``[2p]`` (log scale).
+    """
+
+    point: np.ndarray
+
+
+class SquaremState(NamedTuple):
+    """State of `SquaremEM` (one SQUAREM cycle in progress).
+
+    Attributes:
+        point: (μ, ω) of the next round, concatenated ``[2p]``.
+        phase: What the next round evaluates: 0 the cycle's start x₀, 1 x₁ = F(x₀),
+            2 the extrapolated point x'.
+        x0: Start of the cycle.
+        x1: F(x₀).
+        x2: F(x₁) (the fallback of the cycle).
+        step_max: Current upper bound of the step length α.
+        alpha: Step length of the cycle's extrapolation (1 before it).
+        extrapolated: Extrapolated points accepted so far.
+        rejected: Extrapolations rejected (fallbacks to x₂) so far.
+    """
+
+    point: np.ndarray
+    phase: np.ndarray
+    x0: np.ndarray
+    x1: np.ndarray
+    x2: np.ndarray
+    step_max: np.ndarray
+    alpha: np.ndarray
+    extrapolated: np.ndarray
+    rejected: np.ndarray
+
+
+class PlainEM(eqx.Module):
+    """The plain EM iteration: each round runs at the previous round's M-step result."""
+
+    def init(self, mu, omega) -> PlainEMState:
+        """The state before the first round, which runs at (``mu``, ``omega``).
+
+        Args:
+            mu: Starting μ (log scale) ``[p]``.
+            omega: Starting ω (log scale) ``[p]``.
+        """
+        return PlainEMState(point=_join(mu, omega))
+
+    def update(self, state: PlainEMState, mapped, *, floor: float) -> PlainEMState:
+        """The state after a round at ``state.point`` whose M-step gave ``mapped``.
+
+        Args:
+            state: The state the round ran from.
+            mapped: F(point): the round's (μ, ω), concatenated ``[2p]``.
+            floor: The smallest ω (unused: the M-step floors it).
+        """
+        del floor
+        return PlainEMState(point=np.asarray(mapped, float))
+
+    @staticmethod
+    def extrapolating(state: PlainEMState) -> bool:
+        """Whether the next round runs at an extrapolated point (never)."""
+        del state
+        return False
+
+
+class SquaremEM(eqx.Module):
+    """SQUAREM acceleration of the EM for μ and ω (see the module docstring).
+
+    Each cycle costs three rounds (two EM steps and the stabilising one at the
+    extrapolated point) and, near the fixed point, moves as far as many plain EM
+    steps when the EM converges slowly (large between-patient variances poorly
+    determined by few patients, strong shrinkage).
+
+    Attributes:
+        step_max0: Initial (and smallest) upper bound of the step length α.
+        mstep: Factor by which the bound grows when α reaches it, and shrinks after a
+            rejected extrapolation.
+        step_min: Lower bound of α (1: never shorter than two plain EM steps).
+
+    References:
+        Varadhan R, Roland C. Scand J Stat 35:335–353, 2008 (scheme S3; defaults of
+        the SQUAREM package: ``step.min0 = 1``, ``step.max0 = 1``, ``mstep = 4``).
+    """
+
+    step_max0: float = 1.0
+    mstep: float = 4.0
+    step_min: float = 1.0
+
+    def __check_init__(self):
+        if not (self.step_min >= 1.0 and self.step_max0 >= self.step_min):
+            raise InputError(
+                f"SquaremEM: need 1 <= step_min <= step_max0, got step_min="
+                f"{self.step_min}, step_max0={self.step_max0}",
+                field="SquaremEM",
+            )
+        if not self.mstep > 1.0:
+            raise InputError(
+                f"SquaremEM: mstep must be > 1, got {self.mstep}", field="SquaremEM"
+            )
+
+    def init(self, mu, omega) -> SquaremState:
+        """The state before the first round, which runs at (``mu``, ``omega``).
+
+        Args:
+            mu: Starting μ (log scale) ``[p]``.
+            omega: Starting ω (log scale) ``[p]``.
+        """
+        x = _join(mu, omega)
+        return SquaremState(
+            point=x,
+            phase=np.asarray(0),
+            x0=x,
+            x1=x,
+            x2=x,
+            step_max=np.asarray(float(self.step_max0)),
+            alpha=np.asarray(1.0),
+            extrapolated=np.asarray(0),
+            rejected=np.asarray(0),
+        )
+
+    def update(self, state: SquaremState, mapped, *, floor: float) -> SquaremState:
+        """The state after a round at ``state.point`` whose M-step gave ``mapped``.
+
+        Args:
+            state: The state the round ran from.
+            mapped: F(point): the round's (μ, ω), concatenated ``[2p]``.
+            floor: The smallest ω [log units].
+        """
+        fx = np.asarray(mapped, float)
+        phase = int(state.phase)
+        if phase == 0:
+            return state._replace(point=fx, phase=np.asarray(1), x1=fx)
+        if phase == 1:
+            x0, x1, x2 = state.x0, state.x1, fx
+            r = x1 - x0
+            v = x2 - 2.0 * x1 + x0
+            nr, nv = np.linalg.norm(r), np.linalg.norm(v)
+            alpha = nr / nv if nv > 0 and np.isfinite(nr / nv) else 1.0
+            alpha = float(np.clip(alpha, self.step_min, float(state.step_max)))
+            state = state._replace(x2=x2, alpha=np.asarray(alpha))
+            if alpha == 1.0:  # x' = x2: the cycle was two plain EM steps
+                return self._next_cycle(state, x2, accepted=False)
+            x = x0 + 2.0 * alpha * r + alpha**2 * v
+            p = x.shape[0] // 2
+            if not (np.all(np.isfinite(x)) and np.all(x[p:] > 0.0)):
+                return self._reject(state)
+            x[p:] = np.maximum(x[p:], floor)
+            return state._replace(point=x, phase=np.asarray(2))
+        # phase 2: the stabilising EM step from the extrapolated point
+        change = np.linalg.norm(fx - state.point)
+        plain = np.linalg.norm(state.x2 - state.x1)
+        if np.all(np.isfinite(fx)) and change <= plain:
+            return self._next_cycle(state, fx, accepted=True)
+        return self._reject(state)
+
+    def _next_cycle(self, state: SquaremState, x, *, accepted: bool) -> SquaremState:
+        """A new cycle from ``x``; the bound widens if α reached it."""
+        step_max = float(state.step_max)
+        if float(state.alpha) == step_max:
+            step_max *= self.mstep
+        return state._replace(
+            point=x,
+            phase=np.asarray(0),
+            x0=x,
+            x1=x,
+            x2=x,
+            step_max=np.asarray(step_max),
+            alpha=np.asarray(1.0),
+            extrapolated=np.asarray(int(state.extrapolated) + int(accepted)),
+        )
+
+    def _reject(self, state: SquaremState) -> SquaremState:
+        """Fall back to the cycle's plain EM point x₂; the bound shrinks if α hit it."""
+        step_max = float(state.step_max)
+        if float(state.alpha) == step_max:
+            step_max = max(float(self.step_max0), step_max / self.mstep)
+        x2 = state.x2
+        return state._replace(
+            point=x2,
+            phase=np.asarray(0),
+            x0=x2,
+            x1=x2,
+            step_max=np.asarray(step_max),
+            alpha=np.asarray(1.0),
+            rejected=np.asarray(int(state.rejected) + 1),
+        )
+
+    @staticmethod
+    def extrapolating(state: SquaremState) -> bool:
+        """Whether the next round runs at an extrapolated point."""
+        return int(state.phase) == 2
