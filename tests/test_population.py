@@ -304,6 +304,27 @@ def test_squarem_on_a_slow_linear_map():
     np.testing.assert_array_equal(state.point, [0.15, 1.0])
 
 
+def test_squarem_resumes_mid_cycle(data, tmp_path):
+    """Stopped with an extrapolated point pending, the fit resumes to the same result."""
+    patients, sheet = data
+    kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, em=SquaremEM())
+    ckpt = tmp_path / "squarem.npz"
+    fit_population(patients, max_rounds=4, checkpoint=ckpt, **kwargs)
+    with np.load(ckpt) as z:
+        assert int(z["round"]) == 4 and int(z["em_phase"]) == 2
+        assert float(z["em_alpha"]) > 1.0
+    resumed = fit_population(
+        patients, max_rounds=6, checkpoint=ckpt, resume=True, **kwargs
+    )
+    whole = fit_population(patients, max_rounds=6, **kwargs)
+    assert resumed.rounds == whole.rounds == 6 and resumed.e_steps == whole.e_steps
+    for name in ["mu", "omega", "theta", "theta_sd", "history_mu", "history_omega"]:
+        np.testing.assert_allclose(
+            getattr(resumed, name), getattr(whole, name), rtol=0, atol=1e-10
+        )
+
+
+@pytest.mark.slow
 def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
     """Near the plain EM's μ, ω in fewer E-steps; an interrupted run resumes exactly.
 
