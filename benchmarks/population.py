@@ -332,7 +332,7 @@ def probe_estep(cgm, sheet_path, chunk: int) -> dict:
     mu, omega = engine.g0[0, :p], np.asarray(problem.prior.log_sd)
     weights = np.ones((chunk, *problem.windows.obs.shape[1:]))
     args = (
-        engine.placed,
+        jax.tree.map(jnp.asarray, problem.windows),
         model,
         problem.prior,
         jnp.asarray(mu),
@@ -340,7 +340,7 @@ def probe_estep(cgm, sheet_path, chunk: int) -> dict:
         optimiser,
         *(jnp.asarray(x) for x in (rows["g"], rows["loc"], rows["sigma"], rows["phi"])),
         jnp.asarray(weights),
-        jnp.asarray(1),
+        (jnp.ones(chunk, int), jnp.full(chunk, optimiser.lambda0)),
         None,
     )
     out = {"rss_before_gib": _rss_gib(), "chunk": chunk}
@@ -438,6 +438,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small version, < 1 min")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plain", action="store_true", help="also fit with PlainEM")
+    parser.add_argument(
+        "--linearised", action="store_true", help="also fit with LinearisedEM"
+    )
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="lanes of the population fits (default: fit_population's choice)",
+    )
+    parser.add_argument(
+        "--skip-forward", action="store_true", help="only the fits (no forward/memory)"
+    )
     parser.add_argument("--sizes", default=None, help="forward sizes, e.g. 64,1000")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--base-patients", type=int, default=None)
@@ -485,7 +497,7 @@ def main() -> None:
         files = _write_cohort(Path(tmp), n_base, quick=quick, days=14)
         figures["records_s"] = files["seconds"]
         # ---- forward simulation and stacking memory, each size in its own process
-        for n in sizes:
+        for n in [] if args.skip_forward else sizes:
             out = _in_process(
                 "forward",
                 files["cgm"],
@@ -495,7 +507,9 @@ def main() -> None:
                 args.forward_budget_s,
             )
             figures.update({f"forward_{n}_{k}": v for k, v in out.items()})
-        if not quick:
+        if not quick and args.skip_forward:
+            _fits(figures, files, args)
+        elif not quick:
             out = _in_process("estep", files["cgm"], files["patients"], args.chunk_size)
             figures.update({f"estep_{k}": v for k, v in out.items()})
             _fits(figures, files, args)
@@ -506,7 +520,7 @@ def main() -> None:
 
 def _fits(figures: dict, files: dict, args) -> None:
     """The population fit (SQUAREM, and plain EM), the baseline, extrapolations."""
-    from isletfit.fitting import PlainEM, SquaremEM, fit_patient
+    from isletfit.fitting import LinearisedEM, PlainEM, SquaremEM, fit_patient
 
     patients, sheet = _read(files["cgm"], files["patients"])
     cohort = files["cohort"]
@@ -518,9 +532,11 @@ def _fits(figures: dict, files: dict, args) -> None:
     figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
 
     res, infos, seconds = _population_fit(
-        patients, sheet, SquaremEM(), chunk=args.chunk_size, rounds=args.max_rounds
+        patients, sheet, SquaremEM(), chunk=args.lanes, rounds=args.max_rounds
     )
+    figures["population_lanes"] = res.chunk_size
     figures.update(_fit_figures("population", res, infos, seconds, patient_days))
+    figures["population_changes"] = [round(r.change, 5) for r in infos]
     for name, value in _accuracy(res.results, cohort, index).items():
         figures[f"population_{name}"] = value
     fit_memory = _rss_gib()
@@ -535,7 +551,7 @@ def _fits(figures: dict, files: dict, args) -> None:
     figures["population_fit_peak_rss_gib"] = fit_memory
     if args.plain:
         plain, p_infos, p_seconds = _population_fit(
-            patients, sheet, PlainEM(), chunk=args.chunk_size, rounds=args.max_rounds
+            patients, sheet, PlainEM(), chunk=args.lanes, rounds=args.max_rounds
         )
         figures.update(_fit_figures("plain", plain, p_infos, p_seconds, patient_days))
         figures["squarem_minus_plain_max_abs_mu"] = float(
@@ -543,6 +559,23 @@ def _fits(figures: dict, files: dict, args) -> None:
         )
         figures["squarem_minus_plain_max_abs_omega"] = float(
             np.max(np.abs(res.omega - plain.omega))
+        )
+
+    if args.linearised:
+        lin, l_infos, l_seconds = _population_fit(
+            patients, sheet, LinearisedEM(), chunk=args.lanes, rounds=args.max_rounds
+        )
+        figures.update(
+            _fit_figures("linearised", lin, l_infos, l_seconds, patient_days)
+        )
+        for name, value in _accuracy(lin.results, cohort, index).items():
+            figures[f"linearised_{name}"] = value
+        figures["linearised_changes"] = [round(r.change, 5) for r in l_infos]
+        figures["linearised_minus_squarem_max_abs_mu"] = float(
+            np.max(np.abs(lin.mu - res.mu))
+        )
+        figures["linearised_minus_squarem_max_abs_omega"] = float(
+            np.max(np.abs(lin.omega - res.omega))
         )
 
     # ---- the baseline: one patient after another (a subset, scaled)

@@ -26,6 +26,7 @@ from isletfit.data import read, read_patients
 from isletfit.fitting import (
     FitModel,
     LevenbergMarquardt,
+    LinearisedEM,
     PlainEM,
     PopulationResult,
     Prior,
@@ -228,7 +229,11 @@ def test_population_fit(population, data, cohort_files):
 
 
 def test_chunked_fit_equals_unchunked(population, data):
-    """Chunks of 3 (the last: 1 patient and 2 dummies) give the one-chunk fit."""
+    """3 lanes (the fourth patient takes the first lane freed) give the 4-lane fit.
+
+    Each patient's solve runs in the same segments whichever lane it is in, so the
+    result does not depend on the lanes (to rounding).
+    """
     res, _, _ = population
     patients, sheet = data
     chunked = fit_population(
@@ -326,7 +331,9 @@ def test_squarem_resumes_mid_cycle(data, tmp_path):
 
 @pytest.mark.slow
 def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
-    """Near the plain EM's μ, ω in fewer E-steps; an interrupted run resumes exactly.
+    """SQUAREM and the linearised EM: near the plain EM's μ, ω in fewer E-steps.
+
+    An interrupted SQUAREM run resumes exactly.
 
     The E-steps are solved more tightly than by default (ODE rtol 1e-7, optimiser
     atol 1e-7): at the defaults the EM map is noisy at about the tolerance in the
@@ -362,6 +369,13 @@ def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
     assert [r.e_steps for r in rounds] == list(range(2, fast.rounds + 2))
     np.testing.assert_allclose(fast.mu, plain.mu, rtol=0, atol=2e-2)
     np.testing.assert_allclose(fast.omega, plain.omega, rtol=0, atol=2e-2)
+    # the EM to its fixed point on each round's quadratic models (measured: 13
+    # E-steps against the plain EM's 22)
+    linear = fit_population(patients, max_rounds=40, em=LinearisedEM(), **kwargs)
+    print(f"linearised EM: {linear.rounds} rounds, {linear.e_steps} E-steps")
+    assert linear.converged and linear.e_steps < plain.e_steps
+    np.testing.assert_allclose(linear.mu, plain.mu, rtol=0, atol=2e-2)
+    np.testing.assert_allclose(linear.omega, plain.omega, rtol=0, atol=2e-2)
     # stopped with an extrapolated point pending (phase 2), then resumed
     ckpt = tmp_path / "squarem.npz"
     fit_population(patients, max_rounds=4, em=SquaremEM(), checkpoint=ckpt, **kwargs)
@@ -588,6 +602,10 @@ def test_fit_command_population(cohort_files, tmp_path, capsys):
         "1",
         "--vpc-draws",
         "100",
+        "--em",
+        "linearised",
+        "--lanes",
+        "3",
     ]
     assert main(argv) == 0
     assert f"{N} of {N} patients fitted" in capsys.readouterr().out
@@ -618,6 +636,8 @@ def test_fit_command_population(cohort_files, tmp_path, capsys):
     # a second run continues from the checkpoint: same population table
     assert main(argv) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "population_parameters.csv"), table)
+    with np.load(out / "population_checkpoint.npz") as z:
+        assert "em_inner_rounds" in z.files  # the linearised EM's state
     # `isletfit report` rebuilds both pages from the folder
     (out / "population_report.html").unlink()
     assert main(["report", str(out)]) == 0

@@ -7,6 +7,7 @@ from ._config import LatentMeals as LatentMeals
 from ._config import LoggedMeals as LoggedMeals
 from ._config import Prior as Prior
 from ._config import StudentTNoise as StudentTNoise
+from ._em import LinearisedEM as LinearisedEM
 from ._em import PlainEM as PlainEM
 from ._em import SquaremEM as SquaremEM
 from ._fit import FitResult as FitResult
@@ -43,6 +44,7 @@ __all__ = [
     "Hyperprior",
     "LatentMeals",
     "LevenbergMarquardt",
+    "LinearisedEM",
     "LoggedMeals",
     "NUTSSampler",
     "PlainEM",

@@ -37,7 +37,13 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 
-__all__ = ["Blocks", "LMResult", "LevenbergMarquardt", "schur_covariance"]
+__all__ = [
+    "Blocks",
+    "LMResult",
+    "LevenbergMarquardt",
+    "profiled_blocks",
+    "schur_covariance",
+]
 
 
 class Blocks(NamedTuple):
@@ -97,13 +103,33 @@ def _predicted_decrease(blocks: Blocks, dg, dl):
     return -(dg @ blocks.bg + jnp.sum(dl * blocks.bl)) - 0.5 * quad
 
 
+def profiled_blocks(
+    blocks: Blocks,
+) -> tuple[Float[Array, "ng ng"], Float[Array, " ng"]]:
+    r"""The Gauss–Newton model of the global unknowns with the local ones profiled out.
+
+    Minimising the quadratic model over each window's local unknowns leaves
+    $\tfrac12 \delta_g^T S \delta_g + b_S^T \delta_g$ with the Schur complement
+    $S = H_{gg} - \sum_w H_{gw} H_{ww}^{+} H_{wg}$ and
+    $b_S = b_g - \sum_w H_{gw} H_{ww}^{+} b_w$ (pseudo-inverses: padded windows have
+    zero blocks).
+
+    Returns:
+        ``(S, b_S)``.
+    """
+    hll, hgl = blocks.hll, blocks.hgl
+    if hll.shape[-1] == 0:
+        return blocks.hgg, blocks.bg
+    hll_inv = jnp.linalg.pinv(hll, hermitian=True)
+    k = jnp.einsum("wgi,wij->wgj", hgl, hll_inv)
+    schur = blocks.hgg - jnp.einsum("wgj,whj->gh", k, hgl)
+    return 0.5 * (schur + schur.T), blocks.bg - jnp.einsum("wgj,wj->g", k, blocks.bl)
+
+
 def schur_covariance(blocks: Blocks) -> Float[Array, "ng ng"]:
     """Marginal covariance of the global unknowns (Laplace, Gauss–Newton Hessian)."""
-    hll, hgl = blocks.hll, blocks.hgl
-    nl = hll.shape[-1]
-    hll_inv = jnp.linalg.pinv(hll, hermitian=True) if nl > 0 else hll
-    schur = blocks.hgg - jnp.einsum("wgi,wij,whj->gh", hgl, hll_inv, hgl)
-    return jnp.linalg.pinv(0.5 * (schur + schur.T), hermitian=True)
+    schur, _ = profiled_blocks(blocks)
+    return jnp.linalg.pinv(schur, hermitian=True)
 
 
 def robust_covariance(
@@ -137,15 +163,12 @@ def robust_covariance(
         - Liang KY, Zeger SL. Longitudinal data analysis using generalized linear
           models. Biometrika 73:13-22, 1986.
     """
-    cov = schur_covariance(blocks)
+    schur, _ = profiled_blocks(blocks)
+    cov = jnp.linalg.pinv(schur, hermitian=True)
     hll, hgl = blocks.hll, blocks.hgl
-    nl = hll.shape[-1]
-    if nl > 0:
+    if hll.shape[-1] > 0:
         hll_inv = jnp.linalg.pinv(hll, hermitian=True)
-        schur = blocks.hgg - jnp.einsum("wgi,wij,whj->gh", hgl, hll_inv, hgl)
         scores = scores - jnp.einsum("wgi,wij,wj->wg", hgl, hll_inv, blocks.bl)
-    else:
-        schur = blocks.hgg
     w = valid.astype(scores.dtype)
     n = jnp.sum(w)
     s = scores * w[:, None]
@@ -171,6 +194,9 @@ class LMResult(eqx.Module):
         converged: True if the cost decrease or the step fell below the tolerance
             before ``max_iter``.
         finite: False if the problem could not be evaluated at the starting point.
+        stopped: True if the solve ended for a reason other than ``max_iter``
+            (converged, stuck or not evaluable): False means it may be continued.
+        damping: The damping λ at the end (to continue a solve where it stopped).
     """
 
     g: Float[Array, " ng"]
@@ -181,6 +207,8 @@ class LMResult(eqx.Module):
     jacobians: Array
     converged: Array
     finite: Array
+    stopped: Array
+    damping: Array
 
 
 class LevenbergMarquardt(eqx.Module):
@@ -242,6 +270,7 @@ class LevenbergMarquardt(eqx.Module):
         max_iter=None,
         evaluate: Callable[[Array, Array, Any, Blocks], tuple[Blocks, Any]]
         | None = None,
+        damping=None,
     ) -> LMResult:
         """Minimise ½‖r‖² from ``(g0, l0)``.
 
@@ -260,6 +289,8 @@ class LevenbergMarquardt(eqx.Module):
             evaluate: ``(g, loc, jac, blocks) -> (Blocks, aux)``: the blocks at a new
                 point from its residuals and a held Jacobian ``jac`` (Gauss–Newton
                 matrix kept from ``blocks``); enables Jacobian reuse.
+            damping: Starting λ (default ``lambda0``; may be traced), e.g. the
+                `LMResult.damping` of a solve this one continues.
         """
         limit = self.max_iter if max_iter is None else max_iter
         reuse = evaluate is not None and self.reuse_jacobian > 0
@@ -369,7 +400,7 @@ class LevenbergMarquardt(eqx.Module):
             "blocks": blocks0,
             "aux": zeros(aux_shape),
             "jac": zeros(jac_shape),
-            "lam": jnp.asarray(self.lambda0, dtype),
+            "lam": jnp.asarray(self.lambda0 if damping is None else damping, dtype),
             "nu": jnp.asarray(2.0, dtype),
             "it": jnp.asarray(0),
             "done": jnp.asarray(False),
@@ -390,4 +421,6 @@ class LevenbergMarquardt(eqx.Module):
             jacobians=s["jacobians"],
             converged=s["done"] & s["finite"] & (s["lam"] <= 1e12),
             finite=s["finite"],
+            stopped=s["done"],
+            damping=s["lam"],
         )

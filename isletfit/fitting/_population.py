@@ -9,10 +9,12 @@ population pharmacokinetics):
 - **E-step.** Every patient's maximum a posteriori (empirical Bayes estimate, EBE)
   under the prior N(μ, ω²) on θ_i, with the usual priors on the graft trajectory,
   sensor calibration and day-window effects — the single-patient objective of
-  `fit_patient` with the prior on θ recentred. The patients run chunk by chunk in one
-  jit-compiled, vmapped Levenberg–Marquardt program (`HierarchicalObjective` holds μ
-  and ω as arrays, so one compilation serves every chunk and round); the Laplace
-  covariance Σ_i comes from the same Gauss–Newton blocks.
+  `fit_patient` with the prior on θ recentred. The patients stream through the lanes
+  of one jit-compiled, vmapped Levenberg–Marquardt program (`HierarchicalObjective`
+  holds μ and ω as arrays, so one compilation serves every call and round); a lane
+  whose patient has converged takes the next waiting one, so a call does not wait
+  for its slowest patient. The Laplace covariance Σ_i comes from the same
+  Gauss–Newton blocks.
 - **M-step.** μ = mean_i θ̂_i and ω² = mean_i [(θ̂_i − μ)² + diag Σ_i] (floored), over
   the patients whose fit could be evaluated.
 
@@ -20,18 +22,19 @@ The rounds stop when μ and ω change by less than ``tol``; a last E-step under 
 (μ, ω) gives the reported per-patient estimates. The CGM error SD and AR(1)
 coefficient of each patient are re-estimated after every E-step, as `fit_patient` does
 after its screening. Where each round runs is the ``em`` strategy's choice: `PlainEM`
-(at the last M-step's result) or `SquaremEM` (SQUAREM extrapolation; see
+(at the last M-step's result), `SquaremEM` (SQUAREM extrapolation) or `LinearisedEM`
+(the EM's fixed point on the patients' quadratic models; see
 ``isletfit/fitting/_em.py``).
 
 **Memory.** The patients' arrays are stacked on the host (numpy); an E-step moves
-``chunk_size`` patients at a time to the devices and brings back only what the M-step,
-the noise update and the warm starts need, so neither the devices nor the host ever
-hold the Jacobians or predictions of the whole population.
+``chunk_size`` patients (lanes) at a time to the devices and brings back only what
+the M-step, the noise update and the warm starts need, so neither the devices nor the
+host ever hold the Jacobians or predictions of the whole population.
 
 A patient whose record cannot be prepared, or whose model cannot be evaluated (a
 non-finite cost), is reported in `PopulationResult.failures` and left out of the
-M-step; the others go on. With a device ``mesh`` the patient axis of each chunk is
-sharded across devices. With a ``checkpoint`` the state after each round is saved
+M-step; the others go on. With a device ``mesh`` the lanes are sharded across
+devices. With a ``checkpoint`` the state after each round is saved
 (``.npz``, written atomically; the EM strategy's state included) and ``resume=True``
 continues from it; the result equals an uninterrupted run.
 
@@ -75,16 +78,25 @@ from ._distributed import (
     same_in_every_process,
     spans_processes,
 )
-from ._em import PlainEM, PlainEMState, SquaremEM, SquaremState
+from ._em import (
+    LinearisedEM,
+    LinearisedEMState,
+    PlainEM,
+    PlainEMState,
+    SquaremEM,
+    SquaremState,
+    m_step,
+)
 from ._fit import _Z95, FitResult, _linearise, assemble_result
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
-from ._problem import Objective, PatientWindows, WindowInfo
+from ._problem import Objective, WindowInfo
 from ._stacking import (
     PopulationProblem,
     prepare_patient,
     stack_windows_host,
 )
 from ._standard_errors import population_standard_errors
+from ._surrogate import Surrogate, quadratic_e_step, rest_step, surrogates
 from ._visits import visit_blocks
 
 __all__ = [
@@ -136,14 +148,20 @@ class _Solved(eqx.Module):
     blocks: Blocks
     iterations: Array
     converged: Array
+    stopped: Array
+    damping: Array
 
 
 def _solve_block(
-    windows, model, prior, mu, omega, optimiser, g0, l0, sigma, phi, weights, max_iter
+    windows, model, prior, mu, omega, optimiser, g0, l0, sigma, phi, weights, lanes
 ) -> _Solved:
-    """Levenberg–Marquardt for a block of patients (vmapped over the patient axis)."""
+    """Levenberg–Marquardt for a block of patients (vmapped over the patient axis).
 
-    def one(win, g, loc, s, f, wt):
+    ``lanes`` is ``(max_iter, damping)`` of each patient: its iteration budget in this
+    call (0 for an idle lane) and its starting λ.
+    """
+
+    def one(win, g, loc, s, f, wt, lane):
         obj = HierarchicalObjective(
             windows=win, model=model, prior=prior, mu=mu, omega=omega
         )
@@ -151,7 +169,8 @@ def _solve_block(
             lambda gg, ll: _linearise(obj, gg, ll, (s, f), wt),
             g,
             loc,
-            max_iter=max_iter,
+            max_iter=lane[0],
+            damping=lane[1],
         )
         pred, ok = res.aux[0], res.aux[1]  # predicted CGM, solver success
         return _Solved(
@@ -163,9 +182,11 @@ def _solve_block(
             blocks=res.blocks,
             iterations=res.iterations,
             converged=res.converged,
+            stopped=res.stopped,
+            damping=res.damping,
         )
 
-    return eqx.filter_vmap(one)(windows, g0, l0, sigma, phi, weights)
+    return eqx.filter_vmap(one)(windows, g0, l0, sigma, phi, weights, lanes)
 
 
 @eqx.filter_jit
@@ -181,34 +202,22 @@ def _solve_all(
     sigma,
     phi,
     weights,
-    max_iter,
+    lanes,
     mesh: jax.sharding.Mesh | None,
 ) -> _Solved:
-    """All patients' E-step in one program; with a mesh, each device fits its shard.
+    """All lanes' E-step in one program; with a mesh, each device fits its shard.
 
     With a mesh the vmapped solver runs under `jax.shard_map`: every device iterates
     on its own patients until they have all converged, with no communication between
     devices (patients are independent given μ and ω), where compiler-partitioned
     vmapping would synchronise every iteration of every solver loop across devices.
     """
+    args = (windows, g0, l0, sigma, phi, weights, lanes)
     if mesh is None:
-        return _solve_block(
-            windows,
-            model,
-            prior,
-            mu,
-            omega,
-            optimiser,
-            g0,
-            l0,
-            sigma,
-            phi,
-            weights,
-            max_iter,
-        )
+        return _solve_block(*args[:1], model, prior, mu, omega, optimiser, *args[1:])
     model_dyn, model_static = eqx.partition(model, eqx.is_array)
 
-    def block(windows, g0, l0, sigma, phi, weights, mu, omega, max_iter, model_dyn):
+    def block(windows, g0, l0, sigma, phi, weights, lanes, mu, omega, model_dyn):
         return _solve_block(
             windows,
             eqx.combine(model_dyn, model_static),
@@ -221,17 +230,17 @@ def _solve_all(
             sigma,
             phi,
             weights,
-            max_iter,
+            lanes,
         )
 
     spec, rep = jax.sharding.PartitionSpec("patients"), jax.sharding.PartitionSpec()
     return jax.shard_map(
         block,
         mesh=mesh,
-        in_specs=(spec,) * 6 + (rep,) * 4,
+        in_specs=(spec,) * 7 + (rep,) * 3,
         out_specs=spec,
         check_vma=False,
-    )(windows, g0, l0, sigma, phi, weights, mu, omega, max_iter, model_dyn)
+    )(*args, mu, omega, model_dyn)
 
 
 @jax.jit
@@ -273,10 +282,7 @@ def _estimate_noise_np(resid, use, weights, ar1: bool):
 
 def _m_step(theta, var, use, floor: float):
     """μ and ω from the EBEs and their Laplace variances of the patients in ``use``."""
-    th, v = theta[use], var[use]
-    mu = th.mean(axis=0)
-    omega = np.sqrt(np.maximum(np.mean((th - mu) ** 2 + v, axis=0), floor**2))
-    return mu, omega
+    return m_step(theta[use], var[use], floor)
 
 
 # ------------------------------------------------------------------------- results
@@ -342,7 +348,7 @@ class PopulationResult:
             the final one.
         extrapolations: Extrapolated EM steps accepted (`SquaremEM`; 0 for
             `PlainEM`).
-        chunk_size: Patients per device call of each E-step.
+        chunk_size: Lanes of the E-steps' solver (patients per device call).
     """
 
     estimated: tuple[str, ...]
@@ -545,7 +551,9 @@ class _State:
     done: bool
     mu: np.ndarray  # the last M-step's result (the estimate)
     omega: np.ndarray
-    em: PlainEMState | SquaremState  # where the next round runs (the strategy's)
+    em: (
+        PlainEMState | SquaremState | LinearisedEMState
+    )  # where the next round runs (the strategy's)
     e_steps: int
     g: np.ndarray
     loc: np.ndarray
@@ -691,43 +699,66 @@ _SOLVE_FAILED = (
 )
 
 
-def _chunk_size(n: int, chunk_size: int | None, n_devices: int) -> int:
-    """Patients per device call.
+#: Lanes per device when ``chunk_size`` is None. On a CPU a lane costs the same in a
+#: batch of 4 as of 16 (measured: 64 ms per patient-iteration of 6 day-windows, both),
+#: so few lanes waste least while the last patients finish; an accelerator needs
+#: wide batches to be busy.
+_LANES_PER_DEVICE = {"cpu": 4}
+_LANES_PER_ACCELERATOR = 64
 
-    ``chunk_size`` (all if None) rounded up to a multiple of the devices, and at most
-    the patients rounded up likewise (then there is one chunk).
+
+def _chunk_size(
+    n: int, chunk_size: int | None, n_devices: int, platform: str = "cpu"
+) -> int:
+    """Lanes (patients per device call).
+
+    ``chunk_size`` (None: `_LANES_PER_DEVICE` per device of the ``platform``) rounded
+    up to a multiple of the devices, and at most the patients rounded up likewise.
     """
     whole = -(-n // n_devices) * n_devices
     if chunk_size is None:
-        return whole
+        per = _LANES_PER_DEVICE.get(platform, _LANES_PER_ACCELERATOR)
+        chunk_size = per * n_devices
     return min(-(-chunk_size // n_devices) * n_devices, whole)
 
 
-def _take(rows: dict, start: int, count: int) -> dict:
-    """Rows ``start:start + count`` of each per-patient array (None stays None)."""
-    return {k: None if v is None else v[start : start + count] for k, v in rows.items()}
+#: Iterations of a patient's solve per call; an unfinished solve continues in the next
+#: call from where it stopped (with its damping), in whichever lane.
+_SEGMENT = 10
+
+
+def _rows_at(rows: dict, ids) -> dict:
+    """The rows ``ids`` of each per-patient array (None stays None)."""
+    return {k: None if v is None else v[ids] for k, v in rows.items()}
+
+
+def _lanes_at(tree, lanes):
+    """Rows ``lanes`` of every array of a host-side pytree."""
+    return jax.tree.map(lambda x: x[lanes], tree)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Engine:
     """What stays fixed over the rounds of one population fit (host side).
 
-    The stacked windows stay on the host (numpy); each E-step moves one chunk of
-    ``chunk`` patients at a time to the devices (sharded over the mesh), so device
-    memory holds one chunk's Jacobians, whatever the population size. Every chunk has
-    the same shape (the last one is filled with dummy patients), so one compiled
-    program serves them all. Per-patient state lives in `_State` (real patients only);
-    `solve` appends the dummies' fixed starting rows.
+    The stacked windows stay on the host (numpy). An E-step streams the patients
+    through ``chunk`` *lanes* of one compiled, vmapped solver (sharded over the mesh):
+    each call runs every busy lane for at most `_SEGMENT` iterations, and a lane whose
+    patient is done is given the next waiting patient (continuous batching). A vmapped loop computes every lane until its slowest one
+    is done, so without the hand-over a whole chunk would wait for its slowest
+    patient; with it the E-step costs about the patients' *mean* iterations, not
+    their maximum. Device memory holds one call's lanes (their Jacobians), whatever
+    the population size. Per-patient state lives in `_State` (real patients only).
     """
 
-    problem: PopulationProblem  # host-side, n_chunks * chunk patients
+    problem: PopulationProblem  # host-side, the real patients
     optimiser: LevenbergMarquardt
     n_real: int
     chunk: int
     mesh: jax.sharding.Mesh | None  # automatic axis types, or None
     g0: np.ndarray  # starting global unknowns of every stacked patient [N, ng]
     loc0: np.ndarray  # starting local unknowns of a patient [W, nl]
-    placed: PatientWindows | None  # the windows on the devices (a single chunk)
+    placed: dict  # the windows of the last call's lanes, on the devices
 
     @classmethod
     def build(cls, problem: PopulationProblem, optimiser, mesh, chunk: int) -> _Engine:
@@ -744,8 +775,6 @@ class _Engine:
         win = problem.windows
         obj0 = problem.objective(0)
         n, p = problem.n_patients, problem.n_params
-        if n % chunk:
-            raise ValueError(f"_Engine: {n} stacked patients, not chunks of {chunk}")
         mu0 = np.asarray(obj0.prior_centre())
         loc0 = np.zeros((win.ts.shape[1], obj0.n_local), mu0.dtype)
         if isinstance(problem.model.meals, LatentMeals):
@@ -761,7 +790,7 @@ class _Engine:
             ],
             axis=1,
         ).astype(mu0.dtype)
-        engine = cls(
+        return cls(
             problem=problem,
             optimiser=optimiser,
             n_real=int(np.asarray(problem.real).sum()),
@@ -769,13 +798,8 @@ class _Engine:
             mesh=auto,
             g0=g0,
             loc0=loc0,
-            placed=None,
+            placed={},
         )
-        if n == chunk:  # one chunk: on the devices once for all rounds
-            engine = dataclasses.replace(
-                engine, placed=engine._put(win, engine._sharding("patients"))
-            )
-        return engine
 
     def _sharding(self, *axes: str):
         """Sharding of the patient axis (``"patients"``) or replication (no axis)."""
@@ -795,16 +819,10 @@ class _Engine:
         """Whether the CGM error is Student-t (per-reading weights are state)."""
         return isinstance(self.problem.model.noise, StudentTNoise)
 
-    def chunks(self):
-        """``(start, real)`` of each chunk: first stacked patient, real patients in it."""
-        m = self.n_real
-        for start in range(0, self.problem.n_patients, self.chunk):
-            yield start, max(0, min(start + self.chunk, m) - start)
-
-    def use(self, start: int, count: int) -> np.ndarray:
-        """Exact readings that count, of patients ``start:start + count`` [n, W, T]."""
-        win, sl = self.problem.windows, slice(start, start + count)
-        return win.mask[sl] & (win.censor[sl] == 0) & win.valid[sl][:, :, None]
+    def use(self, ids) -> np.ndarray:
+        """Exact readings that count, of the stacked patients ``ids`` [n, W, T]."""
+        win = self.problem.windows
+        return win.mask[ids] & (win.censor[ids] == 0) & win.valid[ids][:, :, None]
 
     def initial_rows(self) -> dict:
         """Starting per-patient arrays of the real patients (fresh copies)."""
@@ -819,71 +837,130 @@ class _Engine:
             else None,
         }
 
-    def solve(self, mu, omega, rows: dict, start: int, max_iter: int, *, cov: bool):
-        """One E-step of the chunk from ``start`` on the devices.
+    def _call(self, mu, omega, ids, start: dict, budget, damping, *, cov, surrogate):
+        """One call of the compiled solver on the lanes' patients ``ids``.
+
+        Returns:
+            Host-side `_Solved`, covariances (or None) and the arrays of the quadratic
+            models (`surrogates`, or None), one row per lane.
+        """
+        shard, rep = self._sharding("patients"), self._sharding()
+        key = tuple(int(i) for i in ids)
+        if self.placed.get("ids") != key:  # new patients in the lanes
+            windows = jax.tree.map(lambda x: x[ids], self.problem.windows)
+            self.placed.clear()
+            self.placed.update(ids=key, windows=self._put(windows, shard))
+        weights = start["weights"]
+        if weights is None:
+            weights = np.ones((len(ids), *self.problem.windows.obs.shape[1:]))
+        args = (
+            start["g"],
+            start["loc"],
+            start["sigma"],
+            start["phi"],
+            weights,
+            (np.asarray(budget), np.asarray(damping, start["g"].dtype)),
+        )
+        mu, omega = _place(jnp.asarray(mu), rep), _place(jnp.asarray(omega), rep)
+        res = _solve_all(
+            self.placed["windows"],
+            self.problem.model,
+            self.problem.prior,
+            mu,
+            omega,
+            self.optimiser,
+            *self._put(args, shard),
+            self.mesh,
+        )
+        # with a mesh over several processes, every process gathers all patients
+        covariance = gather_to_host(_covariances(res.blocks)) if cov else None
+        quadratic = None
+        if surrogate:
+            quadratic = gather_to_host(surrogates(res.blocks, res.g, mu, omega))
+        return gather_to_host(res), covariance, quadratic
+
+    def e_step(
+        self,
+        mu,
+        omega,
+        rows: dict,
+        max_iter: int,
+        on_done: Callable,
+        *,
+        cov: bool = False,
+        surrogate: bool = False,
+    ) -> None:
+        """Every real patient's MAP under N(``mu``, ``omega``²), lanes handed over.
 
         Args:
             mu: Prior centre of θ.
             omega: Prior SD of θ.
-            rows: Starting rows of the chunk's real patients (``g, loc, sigma, phi,
-                weights``; weights None for ones).
-            start: First stacked patient of the chunk.
-            max_iter: Optimiser iterations.
+            rows: Starting rows of the real patients (``g, loc, sigma, phi,
+                weights``; weights None for ones); read, never written.
+            max_iter: Optimiser iterations per patient.
+            on_done: Called as ``on_done(ids, res, cov, quadratic, iterations)`` for
+                the patients ``ids`` whose solve ended in a call, with their rows of
+                the host-side `_Solved`, covariances and quadratic models (or None)
+                and their iterations in this E-step.
             cov: Also compute the Laplace covariances.
-
-        Returns:
-            Host-side `_Solved` and covariances (or None) of the chunk's real patients.
+            surrogate: Also compute the quadratic models in θ (`surrogates`).
         """
-        c, k = self.chunk, rows["g"].shape[0]
-        fill = c - k  # dummies at the end of the last chunk
-        win = self.problem.windows
-        shape = win.obs.shape[1:]
-
-        def pad(x, default):
-            if fill == 0:
-                return x
-            tail = np.broadcast_to(np.asarray(default, x.dtype), (fill, *x.shape[1:]))
-            return np.concatenate([x, tail])
-
-        weights = rows["weights"]
-        if weights is None:
-            weights = np.ones((k, *shape), win.obs.dtype)
-        args = (
-            np.concatenate([rows["g"], self.g0[start + k : start + c]]),
-            pad(rows["loc"], self.loc0),
-            pad(rows["sigma"], 10.0),
-            pad(rows["phi"], 0.0),
-            pad(weights, 1.0),
-        )
-        shard, rep = self._sharding("patients"), self._sharding()
-        windows = self.placed
-        if windows is None:
-            windows = self._put(
-                jax.tree.map(lambda x: x[start : start + c], win), shard
+        m, c = self.n_real, self.chunk
+        g, loc = rows["g"].copy(), rows["loc"].copy()
+        used = np.zeros(m, int)
+        damping = np.full(m, self.optimiser.lambda0)
+        waiting = list(range(m - 1, -1, -1))  # patient 0 first
+        lane = np.full(c, -1)  # each lane's patient, -1 when idle
+        ids = np.zeros(c, int)  # the patient whose data each lane holds
+        while True:
+            for k in np.flatnonzero(lane < 0):
+                if not waiting:
+                    break
+                lane[k] = ids[k] = waiting.pop()
+            busy = np.flatnonzero(lane >= 0)
+            if busy.size == 0:
+                return
+            # every solve runs in segments, lanes handed over or not, so that a
+            # patient's result does not depend on the lanes and the other patients
+            budget = np.where(lane >= 0, np.minimum(max_iter - used[ids], _SEGMENT), 0)
+            start = _rows_at(rows, ids)
+            res, cv, quad = self._call(
+                mu,
+                omega,
+                ids,
+                {**start, "g": g[ids], "loc": loc[ids]},
+                budget,
+                damping[ids],
+                cov=cov,
+                surrogate=surrogate,
             )
-        res = _solve_all(
-            windows,
-            self.problem.model,
-            self.problem.prior,
-            _place(jnp.asarray(mu), rep),
-            _place(jnp.asarray(omega), rep),
-            self.optimiser,
-            *self._put(args, shard),
-            jnp.asarray(max_iter),
-            self.mesh,
-        )
-        # with a mesh over several processes, every process gathers all patients
-        covariance = gather_to_host(_covariances(res.blocks))[:k] if cov else None
-        return jax.tree.map(lambda x: x[:k], gather_to_host(res)), covariance
+            who = lane[busy]
+            fine = np.isfinite(res.cost[busy]) & np.all(
+                np.isfinite(res.g[busy]), axis=1
+            )
+            g[who] = np.where(fine[:, None], res.g[busy], g[who])
+            loc[who] = np.where(fine[:, None, None], res.loc[busy], loc[who])
+            used[who] += res.iterations[busy]
+            damping[who] = res.damping[busy]
+            ended = res.stopped[busy] | (used[who] >= max_iter) | ~fine
+            lanes = busy[ended]
+            if lanes.size:
+                on_done(
+                    lane[lanes],
+                    _lanes_at(res, lanes),
+                    None if cv is None else cv[lanes],
+                    None if quad is None else _lanes_at(quad, lanes),
+                    used[lane[lanes]],
+                )
+                lane[lanes] = -1
 
-    def noise(self, pred, ok, rows: dict, start: int) -> dict:
-        """``rows`` (of the patients from ``start``) with the CGM error re-estimated."""
-        k = rows["g"].shape[0]
+    def noise(self, pred, ok, rows: dict, ids) -> dict:
+        """``rows`` (of the patients ``ids``) with the CGM error re-estimated."""
         sigma, phi, weights = _update_noise(
             self.problem.model,
             pred,
-            self.problem.windows.obs[start : start + k],
-            self.use(start, k),
+            self.problem.windows.obs[ids],
+            self.use(ids),
             ok,
             rows["sigma"],
             rows["phi"],
@@ -892,11 +969,18 @@ class _Engine:
         return {**rows, "sigma": sigma, "phi": phi, "weights": weights}
 
     @staticmethod
-    def _store(rows: dict, chunk_rows: dict, start: int) -> None:
-        """Write a chunk's rows into the population's rows (in place)."""
-        for name, value in chunk_rows.items():
+    def _store(rows: dict, new_rows: dict, ids) -> None:
+        """Write the patients ``ids``'s rows into the population's rows (in place)."""
+        for name, value in new_rows.items():
             if value is not None:
-                rows[name][start : start + value.shape[0]] = value
+                rows[name][ids] = value
+
+    def _keep(self, rows: dict, ids, res: _Solved, ok) -> None:
+        """Store the solved patients' estimates (where ``ok``) and their new noise."""
+        new = _rows_at(rows, ids)
+        new["g"] = np.where(ok[:, None], res.g, new["g"])
+        new["loc"] = np.where(ok[:, None, None], res.loc, new["loc"])
+        self._store(rows, self.noise(res.pred, ok, new, ids), ids)
 
     def start(self, *, key, starts: int, em) -> _State:
         """Screen the starting points of every patient (single-patient prior)."""
@@ -910,34 +994,27 @@ class _Engine:
         jitter = np.asarray(
             jax.vmap(jax.vmap(lambda k: jax.random.normal(k, (p,))))(subkeys)
         )  # [m, levels, p]
-        knot_valid = np.asarray(self.problem.windows.knot_valid)
+        knot_valid = np.asarray(self.problem.windows.knot_valid)[:m]
         nk = knot_valid.shape[1]
-        rows = self.initial_rows()
+        initial = self.initial_rows()  # every level starts from these
+        rows = self.initial_rows()  # the best level's, with its noise
+        best_cost = np.full(m, np.inf)
         iterations = np.zeros(m, int)
-        for start, k in self.chunks():
-            sl = slice(start, start + k)
-            chunk_rows = _take(rows, start, k)
-            best, best_cost = None, np.full(k, np.inf)
-            for j, level in enumerate(levels):
-                g = self.g0[sl].copy()
-                g[:, :p] += 0.05 * jitter[sl, j]
-                g[:, p : p + nk] = np.where(knot_valid[sl], np.log(level), 0.0)
-                res, _ = self.solve(
-                    mu0,
-                    omega0,
-                    {**chunk_rows, "g": g},
-                    start,
-                    self.optimiser.screen_iter,
-                    cov=False,
-                )
-                iterations[sl] += res.iterations
-                better = np.isfinite(res.cost) & (res.cost < best_cost)
-                best_cost = np.where(better, res.cost, best_cost)
-                best = res if best is None else _select(better, res, best)
-            ok = np.isfinite(best_cost)
-            chunk_rows["g"] = np.where(ok[:, None], best.g, chunk_rows["g"])
-            chunk_rows["loc"] = np.where(ok[:, None, None], best.loc, chunk_rows["loc"])
-            self._store(rows, self.noise(best.pred, ok, chunk_rows, start), start)
+
+        def done(ids, res, _cov, _quad, used):
+            iterations[ids] += used
+            better = np.isfinite(res.cost) & (res.cost < best_cost[ids])
+            best_cost[ids] = np.where(better, res.cost, best_cost[ids])
+            if better.any():
+                self._keep(rows, ids[better], _lanes_at(res, better), better[better])
+
+        for j, level in enumerate(levels):
+            g = self.g0[:m].copy()
+            g[:, :p] += 0.05 * jitter[:, j]
+            g[:, p : p + nk] = np.where(knot_valid, np.log(level), 0.0)
+            self.e_step(
+                mu0, omega0, {**initial, "g": g}, self.optimiser.screen_iter, done
+            )
         return _State(
             round=0,
             done=False,
@@ -960,34 +1037,59 @@ class _Engine:
         p, m = self.problem.n_params, self.n_real
         point = np.asarray(state.em.point)
         mu_x, omega_x = point[:p], point[p:]
-        rows = {
-            k: None if v is None else v.copy()
-            for k, v in (
-                ("g", state.g),
-                ("loc", state.loc),
-                ("sigma", state.sigma),
-                ("phi", state.phi),
-                ("weights", state.weights),
-            )
+        before = {
+            "g": state.g,
+            "loc": state.loc,
+            "sigma": state.sigma,
+            "phi": state.phi,
+            "weights": state.weights,
         }
+        rows = {k: None if v is None else v.copy() for k, v in before.items()}
+        linearised = isinstance(em, LinearisedEM)
         theta, var = np.zeros((m, p)), np.zeros((m, p))
+        quadratic = [None] * 6  # (A, a, K, k, F, e) of every patient, for LinearisedEM
         ok_all = np.zeros(m, bool)
         iterations = state.iterations.copy()
-        for start, k in self.chunks():
-            sl = slice(start, start + k)
-            chunk_rows = _take(rows, start, k)
-            res, cov = self.solve(
-                mu_x, omega_x, chunk_rows, start, self.optimiser.max_iter, cov=True
-            )
-            ok = np.isfinite(res.cost)
-            chunk_rows["g"] = np.where(ok[:, None], res.g, chunk_rows["g"])
-            chunk_rows["loc"] = np.where(ok[:, None, None], res.loc, chunk_rows["loc"])
-            self._store(rows, self.noise(res.pred, ok, chunk_rows, start), start)
-            theta[sl] = res.g[:, :p]
-            var[sl] = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
-            ok_all[sl] = ok
-            iterations[sl] += res.iterations
-        if ok_all.any():
+
+        def done(ids, res, cov, quad, used):
+            ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
+            if linearised:
+                for j, part in enumerate(quad):
+                    if quadratic[j] is None:
+                        quadratic[j] = np.zeros((m, *part.shape[1:]), part.dtype)
+                    quadratic[j][ids] = part
+                    ok = ok & np.all(np.isfinite(part.reshape(len(ids), -1)), axis=1)
+            else:
+                var[ids] = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
+            self._keep(rows, ids, res, ok)
+            theta[ids] = res.g[:, :p]
+            ok_all[ids] = ok
+            iterations[ids] += used
+
+        self.e_step(
+            mu_x,
+            omega_x,
+            before,
+            self.optimiser.max_iter,
+            done,
+            cov=not linearised,
+            surrogate=linearised,
+        )
+        if ok_all.any() and linearised:
+            model = Surrogate(theta, *quadratic)
+            model = Surrogate(*(x[ok_all] for x in model))
+            mapped, inner = em.fixed_point(model, point, floor=floor)
+            mu, omega = mapped[:p], mapped[p:]
+            # each patient's next E-step starts at its quadratic model's MAP there
+            delta, _ = quadratic_e_step(model, mu, omega)
+            rest, local = rest_step(model, delta)
+            step = np.concatenate([delta, rest], axis=1)
+            fine = np.all(np.isfinite(step), axis=1)
+            fine &= np.all(np.isfinite(local.reshape(len(fine), -1)), axis=1)
+            rows["g"][ok_all] += np.where(fine[:, None], step, 0.0)
+            rows["loc"][ok_all] += np.where(fine[:, None, None], local, 0.0)
+            em_state = em.update(state.em, mapped, floor=floor, inner_rounds=inner)
+        elif ok_all.any():
             mu, omega = _m_step(theta, var, ok_all, floor)
             em_state = em.update(state.em, np.concatenate([mu, omega]), floor=floor)
         else:
@@ -1025,25 +1127,17 @@ class _Engine:
         ok_all = np.zeros(m, bool)
         iterations = state.iterations.copy()
         results = {}
-        for start, k in self.chunks():
-            sl = slice(start, start + k)
-            res, cov = self.solve(
-                state.mu,
-                state.omega,
-                _take(rows, start, k),
-                start,
-                self.optimiser.max_iter,
-                cov=True,
-            )
+
+        def done(ids, res, cov, _quad, used):
             ok = np.isfinite(res.cost)
-            ok_all[sl] = ok
-            iterations[sl] += res.iterations
+            ok_all[ids] = ok
+            iterations[ids] += used
             var = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
-            theta[sl] = np.where(ok[:, None], res.g[:, :p], np.nan)
-            theta_sd[sl] = np.where(ok[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
-            cov_theta[sl] = cov[:, :p, :p]
+            theta[ids] = np.where(ok[:, None], res.g[:, :p], np.nan)
+            theta_sd[ids] = np.where(ok[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
+            cov_theta[ids] = cov[:, :p, :p]
             for j in np.flatnonzero(ok):
-                i = start + int(j)
+                i = int(ids[j])
                 results[infos[i].patient_id] = _fit_result(
                     self.problem,
                     i,
@@ -1057,6 +1151,10 @@ class _Engine:
                     mu=state.mu,
                     omega=state.omega,
                 )
+
+        self.e_step(
+            state.mu, state.omega, rows, self.optimiser.max_iter, done, cov=True
+        )
         seconds = time.perf_counter() - start_time
         failures = dict(failures)
         for i, info in enumerate(infos):
@@ -1122,13 +1220,6 @@ def _warn_cpu_mesh(mesh: jax.sharding.Mesh) -> None:
         )
 
 
-def _select(mask, a, b):
-    """Per patient (leading axis): ``a`` where ``mask``, else ``b``."""
-    return jax.tree.map(
-        lambda x, y: np.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b
-    )
-
-
 def fit_population(
     patients: Sequence[PatientData],
     *,
@@ -1145,8 +1236,8 @@ def fit_population(
     checkpoint_every: int = 1,
     resume: bool = False,
     mesh: jax.sharding.Mesh | None = None,
-    chunk_size: int | None = 64,
-    em: PlainEM | SquaremEM = PlainEM(),
+    chunk_size: int | None = None,
+    em: PlainEM | SquaremEM | LinearisedEM = PlainEM(),
     on_round: Callable[[RoundInfo], None] | None = None,
 ) -> PopulationResult:
     """Fit all patients together: population typical values, variability, and EBEs.
@@ -1179,18 +1270,22 @@ def fit_population(
         checkpoint_every: Rounds between checkpoints.
         resume: Continue from ``checkpoint`` if it exists (it must come from the same
             patients, model and prior); the result equals an uninterrupted run.
-        mesh: A `jax.sharding.Mesh` with an axis ``"patients"``: the patients of each
-            chunk are sharded over it.
-        chunk_size: Patients per device call of an E-step (rounded up to a multiple
-            of the mesh size), or None for all at once. The E-step runs chunk by
-            chunk (one compiled program: the last chunk is filled with dummy
-            patients), so device memory holds one chunk's Jacobians — about
+        mesh: A `jax.sharding.Mesh` with an axis ``"patients"``: the lanes of each
+            call are sharded over it.
+        chunk_size: Lanes (patients per device call) of an E-step, rounded up to a
+            multiple of the mesh size and at most the patients; None: 4 per CPU
+            device, 64 per accelerator. One compiled program serves every call; a patient runs at most
+            10 iterations per call and continues in a later call, and a lane whose
+            patient is done takes a waiting one (see `_Engine`), so device memory
+            holds one call's Jacobians — about
             3·W·T·n_g·8 bytes per patient (W day-windows of T readings, n_g global
             unknowns; XLA's temporaries were 4.0 GiB for 64 patients × 84 windows ×
             288 readings, n_g = 110) — and the patients' data stay on the host. The
             result does not depend on it (to rounding).
-        em: How μ and ω move from round to round: `PlainEM` (the EM iteration) or
-            `SquaremEM` (SQUAREM extrapolation, fewer rounds when the EM is slow).
+        em: How μ and ω move from round to round: `PlainEM` (the EM iteration),
+            `SquaremEM` (SQUAREM extrapolation, fewer rounds when the EM is slow) or
+            `LinearisedEM` (the EM run to its fixed point on each round's quadratic
+            models of the patients' posteriors).
         on_round: Called with a `RoundInfo` after each round (after its checkpoint).
 
     Returns:
@@ -1217,9 +1312,10 @@ def fit_population(
             f"{chunk_size!r}",
             field="chunk_size",
         )
-    if not isinstance(em, PlainEM | SquaremEM):
+    if not isinstance(em, PlainEM | SquaremEM | LinearisedEM):
         raise InputError(
-            f"fit_population: em must be PlainEM() or SquaremEM(), got {em!r}",
+            "fit_population: em must be PlainEM(), SquaremEM() or LinearisedEM(), "
+            f"got {em!r}",
             field="em",
         )
     if resume and checkpoint is None:
@@ -1248,11 +1344,11 @@ def fit_population(
         )
     n_devices = 1 if mesh is None else int(mesh.shape["patients"])
     n = len(prepared)
-    chunk = _chunk_size(n, chunk_size, n_devices)
-    # host-side stack, the dummies of the last chunk included; each patient's own
-    # arrays are freed as they are copied
+    platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
+    chunk = _chunk_size(n, chunk_size, n_devices, platform)
+    # host-side stack; each patient's own arrays are freed as they are copied
     problem = stack_windows_host(
-        prepared, model=model, prior=prior, n_total=-(-n // chunk) * chunk, consume=True
+        prepared, model=model, prior=prior, n_total=n, consume=True
     )
     del prepared
     engine = _Engine.build(problem, optimiser, mesh, chunk)
@@ -1319,7 +1415,7 @@ def _fit_result(
     mu,
     omega,
 ) -> FitResult:
-    """Stacked patient ``i``'s `FitResult` from row ``j`` of a chunk's solve."""
+    """Stacked patient ``i``'s `FitResult` from row ``j`` of a solve's rows."""
     base = problem.objective(i)
     obj = HierarchicalObjective(
         windows=base.windows,

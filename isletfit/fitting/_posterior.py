@@ -552,7 +552,10 @@ def _map_start(
         jnp.asarray(sigma),
         jnp.asarray(phi),
         weights,
-        jnp.asarray(optimiser.max_iter),
+        (  # every lane: the whole iteration budget, from the first damping
+            jnp.full(n, optimiser.max_iter),
+            jnp.full(n, optimiser.lambda0, jnp.asarray(sigma).dtype),
+        ),
         None,
     )
     cost = np.asarray(res.cost)
