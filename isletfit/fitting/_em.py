@@ -295,6 +295,12 @@ class LinearisedEM(eqx.Module):
     point it ran at — then the linearisation is exact to that tolerance and the point
     is a fixed point of the Laplace-EM.
 
+    Jumping to each linearisation's fixed point passes the E-steps' own imprecision
+    (each stops within the optimiser's tolerance) to μ and ω with the gain of the EM's
+    slow directions. With tightly solved E-steps it needs fewer of them than the plain
+    EM (13 against 22 in ``tests/test_population.py``); at the default optimiser
+    tolerance its rounds can wander instead of converging (``docs/population.md``).
+
     Attributes:
         inner: Strategy of the EM on the quadratic models (`PlainEM` or `SquaremEM`).
         tol: Stop the inner EM when no μ or ω moves by more than this [log units].
