@@ -120,42 +120,19 @@ def _write_cohort(folder: Path, n: int, *, quick: bool, days: int) -> dict:
     if quick:
         import pandas as pd
 
-        (folder / "cgm").mkdir(parents=True)
-        rng = np.random.default_rng(7)
-        rows = []
-        t = np.arange(0, 1440, 5.0)
-        meals = [(7.5 * 60, 50.0), (12.5 * 60, 70.0), (18.5 * 60, 80.0)]
-        for i in range(n):
-            pid = f"q{i + 1:03d}"
-            tables = []
-            for day in (pd.Timestamp("2024-01-10"), pd.Timestamp("2024-03-01")):
-                glucose = np.full_like(t, 110.0 + 10.0 * i)
-                for when, carbs in meals:
-                    dt = np.clip(t - when, 0.0, None)
-                    glucose += carbs * (dt / 45.0) * np.exp(1.0 - dt / 45.0) * (dt > 0)
-                glucose += rng.normal(0.0, 6.0, t.size)
-                table = pd.DataFrame(
-                    {
-                        "time": [day + pd.Timedelta(minutes=m) for m in t],
-                        "glucose_mg_dl": np.round(glucose),
-                        "carbs_g": np.nan,
-                        "bolus_u": np.nan,
-                        "basal_u_per_h": np.nan,
-                    }
-                )
-                table.loc[0, "basal_u_per_h"] = 0.4
-                for when, carbs in meals:
-                    k = int(when // 5)
-                    table.loc[k, "carbs_g"] = carbs
-                    table.loc[k, "bolus_u"] = round(carbs / 15.0, 1)
-                tables.append(table)
-            table = pd.concat(tables, ignore_index=True)
-            table["time"] = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-            table.to_csv(folder / "cgm" / f"{pid}.csv", index=False)
-            rows.append(
-                {"patient_id": pid, "weight_kg": 70.0, "transplant_date": "2024-01-31"}
-            )
-        pd.DataFrame(rows).to_csv(folder / "patients.csv", index=False)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from fit_fixtures import write_meal_day_records
+
+        rows = [
+            {
+                "patient_id": f"q{i + 1:03d}",
+                "weight_kg": 70.0,
+                "transplant_date": "2024-01-31",
+            }
+            for i in range(n)
+        ]
+        days = [pd.Timestamp("2024-01-10"), pd.Timestamp("2024-03-01")]
+        write_meal_day_records(folder, rows, days)
         return {
             "cgm": folder / "cgm",
             "patients": folder / "patients.csv",

@@ -104,3 +104,53 @@ def synthetic_patient(
         "days": days,
         "b": np.asarray(b),
     }
+
+
+def write_meal_day_records(
+    folder, patients: list[dict], days: list[pd.Timestamp], *, seed: int = 7
+) -> None:
+    """Quick synthetic records (no model): days of 5-minute glucose with 3 meals.
+
+    Each patient's glucose is a level (110 + 10·i mg/dL) plus a gamma-shaped rise
+    after each logged meal (50, 70, 80 g with a 1 U per 15 g bolus) and 6 mg/dL
+    noise; a basal rate of 0.4 U/h is logged once a day. Writes
+    ``folder/cgm/<patient_id>.csv`` (generic CSV) and ``folder/patients.csv``.
+
+    Args:
+        folder: Output folder (created).
+        patients: Rows of the patient sheet (``patient_id``, ``weight_kg``,
+            ``transplant_date``), one per patient, in order.
+        days: The calendar days with CGM, the same for every patient.
+        seed: Seed of the noise.
+    """
+    (folder / "cgm").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 1440, 5.0)
+    meals = [(7.5 * 60, 50.0), (12.5 * 60, 70.0), (18.5 * 60, 80.0)]
+    for i, row in enumerate(patients):
+        tables = []
+        for day in days:
+            glucose = np.full_like(t, 110.0 + 10.0 * i)
+            for when, carbs in meals:
+                dt = np.clip(t - when, 0.0, None)
+                glucose += carbs * (dt / 45.0) * np.exp(1.0 - dt / 45.0) * (dt > 0)
+            glucose += rng.normal(0.0, 6.0, t.size)
+            table = pd.DataFrame(
+                {
+                    "time": [day + pd.Timedelta(minutes=m) for m in t],
+                    "glucose_mg_dl": np.round(glucose),
+                    "carbs_g": np.nan,
+                    "bolus_u": np.nan,
+                    "basal_u_per_h": np.nan,
+                }
+            )
+            table.loc[0, "basal_u_per_h"] = 0.4
+            for when, carbs in meals:
+                k = int(when // 5)
+                table.loc[k, "carbs_g"] = carbs
+                table.loc[k, "bolus_u"] = round(carbs / 15.0, 1)
+            tables.append(table)
+        table = pd.concat(tables, ignore_index=True)
+        table["time"] = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+        table.to_csv(folder / "cgm" / f"{row['patient_id']}.csv", index=False)
+    pd.DataFrame(patients).to_csv(folder / "patients.csv", index=False)

@@ -31,6 +31,8 @@ from isletfit.data import read, read_patients
 from isletfit.fitting import fit_population
 from isletfit.fitting._distributed import initialize_distributed
 
+from fit_fixtures import write_meal_day_records
+
 N = 4
 FIT = dict(max_rounds=1, starts=1)
 SEED = 0
@@ -72,39 +74,15 @@ _WORKER = textwrap.dedent(
 
 def _write_cohort(folder):
     """``N`` patients, 1 CGM day each (day 30 after the infusion), in generic CSV."""
-    (folder / "cgm").mkdir(parents=True)
-    rng = np.random.default_rng(7)
-    rows = []
-    for i in range(N):
-        pid = f"d{i + 1:02d}"
-        day = pd.Timestamp("2024-02-01")
-        t = np.arange(0, 1440, 5.0)
-        meals = [(7.5 * 60, 50.0), (12.5 * 60, 70.0), (18.5 * 60, 80.0)]
-        glucose = np.full_like(t, 110.0 + 10.0 * i)
-        for when, carbs in meals:
-            dt = np.clip(t - when, 0.0, None)
-            glucose += carbs * (dt / 45.0) * np.exp(1.0 - dt / 45.0) * (dt > 0)
-        glucose += rng.normal(0.0, 6.0, t.size)
-        table = pd.DataFrame(
-            {
-                "time": [day + pd.Timedelta(minutes=m) for m in t],
-                "glucose_mg_dl": np.round(glucose),
-                "carbs_g": np.nan,
-                "bolus_u": np.nan,
-                "basal_u_per_h": np.nan,
-            }
-        )
-        table.loc[0, "basal_u_per_h"] = 0.4
-        for when, carbs in meals:
-            k = int(when // 5)
-            table.loc[k, "carbs_g"] = carbs
-            table.loc[k, "bolus_u"] = round(carbs / 15.0, 1)
-        table["time"] = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S")
-        table.to_csv(folder / "cgm" / f"{pid}.csv", index=False)
-        rows.append(
-            {"patient_id": pid, "weight_kg": 70.0 + i, "transplant_date": "2024-01-02"}
-        )
-    pd.DataFrame(rows).to_csv(folder / "patients.csv", index=False)
+    rows = [
+        {
+            "patient_id": f"d{i + 1:02d}",
+            "weight_kg": 70.0 + i,
+            "transplant_date": "2024-01-02",
+        }
+        for i in range(N)
+    ]
+    write_meal_day_records(folder, rows, [pd.Timestamp("2024-02-01")])
     return folder
 
 
