@@ -298,7 +298,7 @@ class LinearisedEM(eqx.Module):
     Jumping to each linearisation's fixed point passes the E-steps' own imprecision
     (each stops within the optimiser's tolerance) to μ and ω with the gain of the EM's
     slow directions. With tightly solved E-steps it needs fewer of them than the plain
-    EM (13 against 22 in ``tests/test_population.py``); at the default optimiser
+    EM (12 against 22 in ``tests/test_population.py``); at the default optimiser
     tolerance its rounds can wander instead of converging (``docs/population.md``).
 
     Attributes:
