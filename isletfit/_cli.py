@@ -599,7 +599,7 @@ def _fit_population_run(
     import warnings
 
     from .data._sheets import sheet_entry
-    from .fitting import fit_population, visit_summary
+    from .fitting import PlainEM, fit_population, visit_summary
     from .report import build_population_report, build_report, write_population_outputs
     from .report._outputs import write_patient_outputs, write_run_summary
 
@@ -639,7 +639,7 @@ def _fit_population_run(
                 mesh=mesh,
                 on_round=on_round,
                 chunk_size=lanes,
-                **({} if em is None else {"em": em}),
+                em=PlainEM() if em is None else em,
             )
         progress.update(task, completed=max_rounds, description="population fitted")
     if distributed:
