@@ -105,7 +105,7 @@ def _predicted_decrease(blocks: Blocks, dg, dl):
 
 def profiled_blocks(
     blocks: Blocks,
-) -> tuple[Float[Array, "ng ng"], Float[Array, " ng"]]:
+) -> tuple[Float[Array, "ng ng"], Float[Array, " ng"], Float[Array, "windows nl nl"]]:
     r"""The Gauss–Newton model of the global unknowns with the local ones profiled out.
 
     Minimising the quadratic model over each window's local unknowns leaves
@@ -115,20 +115,21 @@ def profiled_blocks(
     zero blocks).
 
     Returns:
-        ``(S, b_S)``.
+        ``(S, b_S, H_ww^+)``: the last for the local unknowns' own steps.
     """
     hll, hgl = blocks.hll, blocks.hgl
     if hll.shape[-1] == 0:
-        return blocks.hgg, blocks.bg
+        return blocks.hgg, blocks.bg, hll
     hll_inv = jnp.linalg.pinv(hll, hermitian=True)
     k = jnp.einsum("wgi,wij->wgj", hgl, hll_inv)
     schur = blocks.hgg - jnp.einsum("wgj,whj->gh", k, hgl)
-    return 0.5 * (schur + schur.T), blocks.bg - jnp.einsum("wgj,wj->g", k, blocks.bl)
+    grad = blocks.bg - jnp.einsum("wgj,wj->g", k, blocks.bl)
+    return 0.5 * (schur + schur.T), grad, hll_inv
 
 
 def schur_covariance(blocks: Blocks) -> Float[Array, "ng ng"]:
     """Marginal covariance of the global unknowns (Laplace, Gauss–Newton Hessian)."""
-    schur, _ = profiled_blocks(blocks)
+    schur, _, _ = profiled_blocks(blocks)
     return jnp.linalg.pinv(schur, hermitian=True)
 
 
@@ -163,12 +164,10 @@ def robust_covariance(
         - Liang KY, Zeger SL. Longitudinal data analysis using generalized linear
           models. Biometrika 73:13-22, 1986.
     """
-    schur, _ = profiled_blocks(blocks)
+    schur, _, hll_inv = profiled_blocks(blocks)
     cov = jnp.linalg.pinv(schur, hermitian=True)
-    hll, hgl = blocks.hll, blocks.hgl
-    if hll.shape[-1] > 0:
-        hll_inv = jnp.linalg.pinv(hll, hermitian=True)
-        scores = scores - jnp.einsum("wgi,wij,wj->wg", hgl, hll_inv, blocks.bl)
+    if blocks.hll.shape[-1] > 0:
+        scores = scores - jnp.einsum("wgi,wij,wj->wg", blocks.hgl, hll_inv, blocks.bl)
     w = valid.astype(scores.dtype)
     n = jnp.sum(w)
     s = scores * w[:, None]

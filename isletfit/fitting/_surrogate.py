@@ -71,7 +71,7 @@ def _one(
     blocks: Blocks, g: Float[Array, " ng"], mu: Float[Array, " p"], omega
 ) -> tuple[Array, ...]:
     p = mu.shape[0]
-    schur, grad = profiled_blocks(blocks)
+    schur, grad, hll_inv = profiled_blocks(blocks)
     precision = 1.0 / omega**2
     # remove the population prior N(mu, omega^2) of the E-step
     schur = schur.at[:p, :p].add(-jnp.diag(precision))
@@ -87,7 +87,6 @@ def _one(
     # the global step is c + D delta; each window's local step given it
     c = jnp.concatenate([jnp.zeros(p), -shift])
     d = jnp.concatenate([jnp.eye(p), -gain])
-    hll_inv = jnp.linalg.pinv(blocks.hll, hermitian=True)
     local_shift = -jnp.einsum(
         "wij,wj->wi", hll_inv, blocks.bl + jnp.einsum("wgj,g->wj", blocks.hgl, c)
     )
