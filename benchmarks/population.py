@@ -30,7 +30,9 @@ script measures on the machine it runs on (keys with units; ``--json``: one obje
    ``--fit-patients`` of the simulated patients with ``--fit-days`` CGM days of each
    visit (the first days of each 14-day block; the full blocks do not fit in the
    time on 2 cores), at most ``--max-rounds`` rounds, tolerance 1e-3, default
-   optimiser; with ``--plain`` also the plain EM on the same patients (``plain_*``).
+   optimiser, ``--e-step-iterations`` per patient per round (default 3, the
+   library's; 0: complete E-steps); with ``--plain`` also the plain EM on the same
+   patients (``plain_*``).
 5. **Baseline** (``independent_*``): `fit_patient` on ``--baseline-patients`` of the
    same patients one after another; ``independent_fits_s_scaled`` is the first
    (compiling) fit plus n − 1 times the mean warm one — *scaled*, not measured.
@@ -312,7 +314,7 @@ def probe_estep(cgm, sheet_path, chunk: int) -> dict:
         jax.tree.map(jnp.asarray, problem.windows),
         model,
         problem.prior,
-        jnp.asarray(mu),
+        jnp.broadcast_to(jnp.asarray(mu), (chunk, p)),  # each lane's prior centre
         jnp.asarray(omega),
         optimiser,
         *(jnp.asarray(x) for x in (rows["g"], rows["loc"], rows["sigma"], rows["phi"])),
@@ -376,7 +378,9 @@ def _accuracy(results: dict, cohort, index: dict) -> dict:
     }
 
 
-def _population_fit(patients, sheet, em, *, chunk: int, rounds: int) -> tuple:
+def _population_fit(
+    patients, sheet, em, *, chunk: int, rounds: int, e_step_iterations=None
+) -> tuple:
     from isletfit.fitting import fit_population
 
     infos = []
@@ -389,6 +393,7 @@ def _population_fit(patients, sheet, em, *, chunk: int, rounds: int) -> tuple:
         max_rounds=rounds,
         chunk_size=chunk,
         em=em,
+        e_step_iterations=e_step_iterations or None,
         on_round=infos.append,
     )
     return res, infos, time.perf_counter() - start
@@ -425,6 +430,13 @@ def main() -> None:
         help="lanes of the population fits (default: fit_population's choice)",
     )
     parser.add_argument(
+        "--e-step-iterations",
+        type=int,
+        default=3,
+        help="iterations per patient per round of the population fits (0: complete "
+        "E-steps)",
+    )
+    parser.add_argument(
         "--skip-forward", action="store_true", help="only the fits (no forward/memory)"
     )
     parser.add_argument("--sizes", default=None, help="forward sizes, e.g. 64,1000")
@@ -432,7 +444,7 @@ def main() -> None:
     parser.add_argument("--base-patients", type=int, default=None)
     parser.add_argument("--fit-patients", type=int, default=64)
     parser.add_argument("--fit-days", type=int, default=1)
-    parser.add_argument("--max-rounds", type=int, default=15)
+    parser.add_argument("--max-rounds", type=int, default=60)
     parser.add_argument("--baseline-patients", type=int, default=4)
     parser.add_argument(
         "--forward-budget-s",
@@ -508,10 +520,19 @@ def _fits(figures: dict, files: dict, args) -> None:
     patient_days = n * windows
     figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
 
-    res, infos, seconds = _population_fit(
-        patients, sheet, SquaremEM(), chunk=args.lanes, rounds=args.max_rounds
-    )
+    def fit(em):
+        return _population_fit(
+            patients,
+            sheet,
+            em,
+            chunk=args.lanes,
+            rounds=args.max_rounds,
+            e_step_iterations=args.e_step_iterations,
+        )
+
+    res, infos, seconds = fit(SquaremEM())
     figures["population_lanes"] = res.chunk_size
+    figures["population_e_step_iterations"] = args.e_step_iterations
     figures.update(_fit_figures("population", res, infos, seconds, patient_days))
     figures["population_changes"] = [round(r.change, 5) for r in infos]
     for name, value in _accuracy(res.results, cohort, index).items():
@@ -527,9 +548,7 @@ def _fits(figures: dict, files: dict, args) -> None:
     )
     figures["population_fit_peak_rss_gib"] = fit_memory
     if args.plain:
-        plain, p_infos, p_seconds = _population_fit(
-            patients, sheet, PlainEM(), chunk=args.lanes, rounds=args.max_rounds
-        )
+        plain, p_infos, p_seconds = fit(PlainEM())
         figures.update(_fit_figures("plain", plain, p_infos, p_seconds, patient_days))
         figures["squarem_minus_plain_max_abs_mu"] = float(
             np.max(np.abs(res.mu - plain.mu))
@@ -539,9 +558,7 @@ def _fits(figures: dict, files: dict, args) -> None:
         )
 
     if args.linearised:
-        lin, l_infos, l_seconds = _population_fit(
-            patients, sheet, LinearisedEM(), chunk=args.lanes, rounds=args.max_rounds
-        )
+        lin, l_infos, l_seconds = fit(LinearisedEM())
         figures.update(
             _fit_figures("linearised", lin, l_infos, l_seconds, patient_days)
         )

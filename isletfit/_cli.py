@@ -407,7 +407,7 @@ def _add_fit(sub) -> None:
         ),
     )
     p.add_argument(
-        "--max-rounds", type=int, default=30, help="EM rounds of --population"
+        "--max-rounds", type=int, default=60, help="EM rounds of --population"
     )
     p.add_argument(
         "--em",
@@ -426,6 +426,28 @@ def _add_fit(sub) -> None:
         help=(
             "patients solved at once per device call by --population (default: 4 "
             "per CPU device, 64 per GPU); a finished patient's lane takes the next"
+        ),
+    )
+    p.add_argument(
+        "--covariate",
+        action="append",
+        default=[],
+        metavar="COLUMN[:FIELD,...]",
+        help=(
+            "with --population: a numeric column of the --patients sheet (e.g. "
+            "weight_kg) on the typical values, as (value / median)^beta; after ':' "
+            "the estimated fields it acts on (default all); repeat for several; "
+            "writes population_covariates.csv"
+        ),
+    )
+    p.add_argument(
+        "--e-step-iterations",
+        type=int,
+        default=None,
+        help=(
+            "with --population: most optimiser iterations of a patient per EM round "
+            "(incomplete E-steps: an unfinished solve goes on in the next round; "
+            "default 3; 0: every round solves each patient to convergence)"
         ),
     )
     p.add_argument(
@@ -454,6 +476,25 @@ def _add_fit(sub) -> None:
 
 #: ``fit --em`` choices (`_em_strategy`).
 _EM_CHOICES = ("linearised", "plain", "squarem")
+
+
+def _covariates(specs: list[str]) -> tuple:
+    """``fit --covariate COLUMN[:FIELD,...]`` as `Covariate` s."""
+    from ._errors import InputError
+    from .fitting import Covariate
+
+    out = []
+    for spec in specs:
+        column, sep, fields = spec.partition(":")
+        names = tuple(f.strip() for f in fields.split(",") if f.strip())
+        if not column.strip() or (sep and not names):
+            raise InputError(
+                f"bad covariate {spec!r}",
+                field="--covariate",
+                expected="COLUMN or COLUMN:FIELD,FIELD (e.g. weight_kg:vmx,kp1)",
+            )
+        out.append(Covariate(column.strip(), names or None))
+    return tuple(out)
 
 
 def _em_strategy(name: str):
@@ -505,12 +546,29 @@ def _run_fit(args) -> int:
 
     _enable_float64()
     main_process = True
-    if args.lanes is not None and args.lanes < 1:
-        from ._errors import InputError
+    for flag, value, least in (
+        ("--lanes", args.lanes, 1),
+        ("--e-step-iterations", args.e_step_iterations, 0),
+    ):
+        if value is not None and value < least:
+            from ._errors import InputError
 
-        raise InputError(
-            f"{args.lanes} is too small", field="--lanes", expected="an integer >= 1"
-        )
+            raise InputError(
+                f"{value} is too small", field=flag, expected=f"an integer >= {least}"
+            )
+    if not args.population:
+        for flag, given in (
+            ("--covariate", args.covariate),
+            ("--e-step-iterations", args.e_step_iterations is not None),
+        ):
+            if given:
+                from ._errors import InputError
+
+                raise InputError(
+                    f"{flag} needs --population",
+                    field=flag,
+                    expected=f"isletfit fit DATA --population {flag} ...",
+                )
     if args.distributed:
         from ._errors import InputError
         from .fitting._distributed import initialize_distributed
@@ -552,6 +610,8 @@ def _run_fit(args) -> int:
             vpc_draws=args.vpc_draws,
             em=_em_strategy(args.em),
             lanes=args.lanes,
+            e_step_iterations=args.e_step_iterations,
+            covariates=_covariates(args.covariate),
         )
         return 0 if results else 1
     run = _fit_run(
@@ -582,6 +642,8 @@ def _fit_population_run(
     vpc_draws=30,
     em=None,
     lanes=None,
+    e_step_iterations=None,
+    covariates=(),
 ):
     """``isletfit fit --population``: one hierarchical fit, then each patient's outputs.
 
@@ -593,8 +655,9 @@ def _fit_population_run(
     folder; a rerun of the same command on the same data continues from it. With
     ``distributed`` (multi-controller JAX already initialised) the patients are
     sharded over the devices of every process, and only process 0 writes. ``em``
-    (default `PlainEM`) and ``lanes`` are `fit_population`'s ``em`` and
-    ``chunk_size``.
+    (default `PlainEM`), ``lanes`` and ``covariates`` are `fit_population`'s ``em``,
+    ``chunk_size`` and ``covariates``; ``e_step_iterations`` is its
+    ``e_step_iterations`` (None: its default; 0: complete E-steps).
     """
     import warnings
 
@@ -640,6 +703,12 @@ def _fit_population_run(
                 on_round=on_round,
                 chunk_size=lanes,
                 em=PlainEM() if em is None else em,
+                covariates=covariates,
+                **(
+                    {}
+                    if e_step_iterations is None
+                    else {"e_step_iterations": e_step_iterations or None}
+                ),
             )
         progress.update(task, completed=max_rounds, description="population fitted")
     if distributed:

@@ -24,6 +24,7 @@ from isletfit._cli import main
 from isletfit.cohort import VisitPlan, simulate_cohort, write_cohort, zimislecel_like
 from isletfit.data import read, read_patients
 from isletfit.fitting import (
+    Covariate,
     FitModel,
     LevenbergMarquardt,
     LinearisedEM,
@@ -352,6 +353,100 @@ def test_squarem_resumes_mid_cycle(data, tmp_path):
         )
 
 
+def _refused(patients, checkpoint, match, **kwargs):
+    """Resuming from ``checkpoint`` with other settings is an `InputError`."""
+    with pytest.raises(InputError, match=match):
+        fit_population(patients, checkpoint=checkpoint, resume=True, **kwargs)
+
+
+def test_incomplete_e_steps(data, tmp_path):
+    """A round runs each solve for at most ``e_step_iterations``; the rest carries on.
+
+    The cut solves continue in the next round from their point and damping (both in
+    the checkpoint, so a resumed run equals an uninterrupted one), and the fit does
+    not stop while any solve was cut, however small the change.
+    """
+    patients, sheet = data
+    kwargs = dict(
+        sheet=sheet, key=jax.random.key(SEED), starts=1, e_step_iterations=1, tol=10.0
+    )
+    first, second = tmp_path / "one.npz", tmp_path / "two.npz"
+    fit_population(patients, max_rounds=1, checkpoint=first, **kwargs)
+    second.write_bytes(first.read_bytes())
+    fit_population(patients, max_rounds=2, checkpoint=second, resume=True, **kwargs)
+    with np.load(first) as a, np.load(second) as b:
+        assert int(a["round"]) == 1 and int(b["round"]) == 2 and not bool(b["done"])
+        step = b["iterations"] - a["iterations"]
+        assert step.max() == 1 and step.min() >= 0, step
+        assert np.any(b["damping"] != LevenbergMarquardt().lambda0)
+    whole = fit_population(patients, max_rounds=40, **kwargs)
+    # with complete E-steps this tolerance stops the fit after its first round
+    assert whole.converged and whole.rounds > 2
+    resumed = fit_population(
+        patients, max_rounds=40, checkpoint=second, resume=True, **kwargs
+    )
+    assert resumed.rounds == whole.rounds
+    for name in ["mu", "omega", "theta", "history_mu", "history_omega"]:
+        np.testing.assert_allclose(
+            getattr(resumed, name), getattr(whole, name), rtol=0, atol=1e-10
+        )
+    # the setting is part of what a checkpoint must match
+    _refused(patients, second, "EM s", **{**kwargs, "e_step_iterations": 2})
+    for bad in [0, 1.5, True]:
+        with pytest.raises(InputError, match="e_step_iterations"):
+            fit_population(
+                patients, sheet=sheet, key=jax.random.key(0), e_step_iterations=bad
+            )
+
+
+def test_covariates_on_the_typical_values(data, tmp_path):
+    """Body weight on vmx and kp1: each patient's prior centre is μ + β·log(w/w̃).
+
+    β comes with its standard error, the other parameters' β stay 0, shrinkage is
+    that of the random effects around the centres, and β is in the checkpoint.
+    """
+    patients, sheet = data
+    kwargs = dict(
+        sheet=sheet,
+        key=jax.random.key(SEED),
+        starts=1,
+        em=SquaremEM(),
+        covariates=(Covariate("weight_kg", ("vmx", "kp1")),),
+    )
+    ckpt = tmp_path / "covariates.npz"
+    res = fit_population(patients, max_rounds=3, checkpoint=ckpt, **kwargs)
+    p = len(res.estimated)
+    assert res.beta.shape == res.beta_se.shape == (p, 1)
+    effects = res.covariate_effects()
+    assert sorted(effects["name"]) == ["kp1", "vmx"]
+    assert set(effects["covariate"]) == {"weight_kg"}
+    assert np.all(np.isfinite(effects["beta_se"])) and np.all(effects["beta_se"] > 0)
+    acting = np.isin(res.estimated, ["vmx", "kp1"])
+    assert np.all(res.beta[~acting] == 0.0) and np.all(res.beta[acting] != 0.0)
+    assert np.all(np.isnan(res.beta_se[~acting]))
+    rows = sheet.set_index("patient_id").loc[list(res.patient_id)]
+    weight = rows["weight_kg"].to_numpy(float)
+    assert res.covariate_reference[0] == pytest.approx(np.median(weight))
+    log_w = np.log(weight / np.median(weight))
+    np.testing.assert_allclose(res.centres(), res.mu + log_w[:, None] * res.beta.T)
+    eta = res.theta - res.centres()
+    np.testing.assert_allclose(res.shrinkage, 1 - eta.var(axis=0) / res.omega**2)
+    assert len(res.summary()["covariate_effects"]) == 2
+    # the coefficients are part of the saved state
+    with np.load(ckpt) as z:
+        assert z["beta"].shape == (p, 1) and np.any(z["beta"] != 0.0)
+    resumed = fit_population(
+        patients, max_rounds=3, checkpoint=ckpt, resume=True, **kwargs
+    )
+    np.testing.assert_allclose(resumed.beta, res.beta, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(resumed.theta, res.theta, rtol=0, atol=1e-10)
+    _refused(patients, ckpt, "covariates", **{**kwargs, "covariates": ()})
+    with pytest.raises(InputError, match="LinearisedEM"):
+        fit_population(patients, **{**kwargs, "em": LinearisedEM()})
+    with pytest.raises(InputError, match="no column 'dose'"):
+        fit_population(patients, **{**kwargs, "covariates": (Covariate("dose"),)})
+
+
 @pytest.mark.slow
 def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
     """SQUAREM and the linearised EM: near the plain EM's μ, ω in fewer E-steps.
@@ -375,6 +470,7 @@ def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
         tol=1e-3,
         model=FitModel(rtol=1e-7),
         optimiser=LevenbergMarquardt(atol=1e-7, rtol=1e-13),
+        e_step_iterations=None,  # complete E-steps: the strategies' own rates
     )
     plain = fit_population(patients, max_rounds=40, **kwargs)
     rounds = []
@@ -666,3 +762,21 @@ def test_fit_command_population(cohort_files, tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     assert "Population report" in capsys.readouterr().out
     assert 'id="vpc"' in (out / "population_report.html").read_text()
+    assert 'id="covariates"' not in (out / "population_report.html").read_text()
+    # covariates and incomplete E-steps from the command line
+    cov_out = tmp_path / "covariates"
+    argv2 = [*argv[: argv.index("--out")], "--out", str(cov_out), "--population"]
+    argv2 += ["--starts", "1", "--max-rounds", "2", "--vpc-draws", "0"]
+    argv2 += ["--covariate", "weight_kg:vmx", "--e-step-iterations", "2"]
+    assert main(argv2) == 0
+    effects = pd.read_csv(cov_out / "population_covariates.csv")
+    assert list(effects["name"]) == ["vmx"] and list(effects["covariate"]) == [
+        "weight_kg"
+    ]
+    assert 'id="covariates"' in (cov_out / "population_report.html").read_text()
+    capsys.readouterr()
+    for bad in (["--covariate", "weight_kg:"], ["--e-step-iterations", "-1"]):
+        assert main(argv2 + bad) != 0
+        assert "--" in capsys.readouterr().err
+    assert main([*argv[: argv.index("--population")], "--covariate", "x"]) != 0
+    assert "needs --population" in capsys.readouterr().err

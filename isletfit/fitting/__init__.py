@@ -7,6 +7,7 @@ from ._config import LatentMeals as LatentMeals
 from ._config import LoggedMeals as LoggedMeals
 from ._config import Prior as Prior
 from ._config import StudentTNoise as StudentTNoise
+from ._covariates import Covariate as Covariate
 from ._em import LinearisedEM as LinearisedEM
 from ._em import PlainEM as PlainEM
 from ._em import SquaremEM as SquaremEM
@@ -37,6 +38,7 @@ from ._vpc import visual_predictive_check as visual_predictive_check
 
 __all__ = [
     "POPULATION_LOG_SD",
+    "Covariate",
     "FisherInformation",
     "FitModel",
     "FitResult",

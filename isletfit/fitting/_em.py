@@ -125,15 +125,19 @@ class PlainEM(eqx.Module):
         """
         return PlainEMState(point=_join(mu, omega))
 
-    def update(self, state: PlainEMState, mapped, *, floor: float) -> PlainEMState:
+    def update(
+        self, state: PlainEMState, mapped, *, floor: float, n_omega: int | None = None
+    ) -> PlainEMState:
         """The state after a round at ``state.point`` whose M-step gave ``mapped``.
 
         Args:
             state: The state the round ran from.
-            mapped: F(point): the round's (μ, ω), concatenated ``[2p]``.
+            mapped: F(point): the round's (μ, ω), concatenated ``[2p]`` (with
+                covariates the coefficients, then ω).
             floor: The smallest ω (unused: the M-step floors it).
+            n_omega: Entries of ω at the end of the point (unused).
         """
-        del floor
+        del floor, n_omega
         return PlainEMState(point=np.asarray(mapped, float))
 
     @staticmethod
@@ -198,13 +202,17 @@ class SquaremEM(eqx.Module):
             rejected=np.asarray(0),
         )
 
-    def update(self, state: SquaremState, mapped, *, floor: float) -> SquaremState:
+    def update(
+        self, state: SquaremState, mapped, *, floor: float, n_omega: int | None = None
+    ) -> SquaremState:
         """The state after a round at ``state.point`` whose M-step gave ``mapped``.
 
         Args:
             state: The state the round ran from.
-            mapped: F(point): the round's (μ, ω), concatenated ``[2p]``.
+            mapped: F(point): the round's (μ, ω), concatenated ``[2p]`` (with
+                covariates the coefficients, then ω).
             floor: The smallest ω [log units].
+            n_omega: Entries of ω at the end of the point (default: half of it).
         """
         fx = np.asarray(mapped, float)
         phase = int(state.phase)
@@ -221,7 +229,7 @@ class SquaremEM(eqx.Module):
             if alpha == 1.0:  # x' = x2: the cycle was two plain EM steps
                 return self._next_cycle(state, x2, accepted=False)
             x = x0 + 2.0 * alpha * r + alpha**2 * v
-            p = x.shape[0] // 2
+            p = x.shape[0] // 2 if n_omega is None else x.shape[0] - n_omega
             if not (np.all(np.isfinite(x)) and np.all(x[p:] > 0.0)):
                 return self._reject(state)
             x[p:] = np.maximum(x[p:], floor)

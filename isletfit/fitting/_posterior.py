@@ -544,7 +544,7 @@ def _map_start(
         problem.windows,
         model,
         prior,
-        jnp.asarray(mu),
+        jnp.broadcast_to(jnp.asarray(mu), (n, p)),  # every patient's prior centre
         jnp.asarray(omega),
         optimiser,
         jnp.stack(g0),
@@ -1048,6 +1048,12 @@ def sample_posterior(
         )
     if not fitted:
         raise InputError("the population fit has no fitted patient", field="result")
+    if result.covariates:
+        raise InputError(
+            "the posterior sampler does not support covariates on the typical values",
+            field="result",
+            expected="a population fitted without covariates",
+        )
     return _sample(
         [by_id[pid] for pid in fitted],
         [result.results[pid] for pid in fitted],

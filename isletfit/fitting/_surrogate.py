@@ -103,7 +103,7 @@ def _one(
 
 @jax.jit
 def surrogates(
-    blocks: Blocks, g: Float[Array, "n ng"], mu: Float[Array, " p"], omega
+    blocks: Blocks, g: Float[Array, "n ng"], mu: Float[Array, "*n p"], omega
 ) -> tuple[Array, ...]:
     """``(A, a, K, k, F, e)`` of every patient from its E-step's blocks at ``g``.
 
@@ -111,10 +111,11 @@ def surrogates(
         blocks: The patients' Gauss–Newton blocks (leading patient axis), computed
             under the population prior N(``mu``, ``omega``²) on θ = ``g[:, :p]``.
         g: The patients' global unknowns at the blocks.
-        mu: The E-step's prior centre [p].
+        mu: The E-step's prior centre [p], or each patient's [n, p].
         omega: The E-step's prior SD [p].
     """
-    return jax.vmap(_one, in_axes=(0, 0, None, None))(blocks, g, mu, omega)
+    mu = jnp.broadcast_to(mu, (g.shape[0], mu.shape[-1]))
+    return jax.vmap(_one, in_axes=(0, 0, 0, None))(blocks, g, mu, omega)
 
 
 def quadratic_e_step(

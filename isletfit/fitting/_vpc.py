@@ -152,7 +152,7 @@ class _Design(eqx.Module):
 
     Attributes:
         windows: The fitted patients' windows, stacked ``[N, ...]``.
-        mu: Typical values μ of θ [log].
+        mu: Each patient's typical θ (μ, moved by its covariates) ``[N, p]`` [log].
         omega: Between-patient SDs ω of θ [log].
         graft_mean: Population mean of log B at each window's study day ``[N, W]``.
         graft_sd: Between-patient SD of log B there ``[N, W]``.
@@ -180,12 +180,10 @@ def _draw(design: _Design, model, prior, key, residual_error: bool):
     n_patients, n_windows, n_times = windows.ts.shape
     dtype = windows.ts.dtype
 
-    def patient(win, key, gm, gs, s, f):
+    def patient(win, mu, key, gm, gs, s, f):
         obj = Objective(windows=win, model=model, prior=prior)
         k_theta, k_graft, k_loc, k_cal, k_noise = jax.random.split(key, 5)
-        theta = design.mu + design.omega * jax.random.normal(
-            k_theta, (obj.n_params,), dtype
-        )
+        theta = mu + design.omega * jax.random.normal(k_theta, (obj.n_params,), dtype)
         log_b = gm + gs * jax.random.normal(k_graft, (), dtype)
         local_sd = jnp.asarray(
             [prior.initial_glucose_log_sd] + [sd for _, sd in obj.daily_effects],
@@ -210,6 +208,7 @@ def _draw(design: _Design, model, prior, key, residual_error: bool):
 
     return jax.vmap(patient)(
         windows,
+        design.mu,
         jax.random.split(key, n_patients),
         design.graft_mean,
         design.graft_sd,
@@ -297,10 +296,12 @@ def _design(
 
     # graft distribution at each window's study day
     dist = graft_distribution(result)
+    centres = result.centres()
+    index = {pid: i for i, pid in enumerate(result.patient_id)}
     study_day = np.asarray(win.study_day)
     design = _Design(
         windows=win,
-        mu=jnp.asarray(result.mu, dtype),
+        mu=jnp.asarray(centres[[index[r.patient_id] for r in fits]], dtype),
         omega=jnp.asarray(result.omega, dtype),
         graft_mean=jnp.asarray(
             np.interp(study_day, dist.study_day, dist.mean_log_b), dtype

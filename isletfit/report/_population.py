@@ -31,6 +31,7 @@ PARAMETERS_CSV = "population_parameters.csv"
 GRAFT_CSV = "population_graft.csv"
 ESTIMATES_CSV = "population_estimates.csv"
 SUMMARY_JSON = "population_summary.json"
+COVARIATES_CSV = "population_covariates.csv"
 VPC_CSV = "vpc.csv"
 GRAFT_PNG = "population_graft.png"
 VPC_PNG = "vpc.png"
@@ -201,8 +202,9 @@ def write_population_outputs(
     ``population_graft.csv`` (`PopulationResult.graft_trajectory`),
     ``population_estimates.csv`` (`PopulationResult.estimates`),
     ``population_summary.json`` (`PopulationResult.summary`), ``population_graft.png``
-    (`plot_population_graft`), and with a ``vpc`` table ``vpc.csv`` and ``vpc.png``
-    (`plot_vpc`).
+    (`plot_population_graft`), with covariates ``population_covariates.csv``
+    (`PopulationResult.covariate_effects`), and with a ``vpc`` table ``vpc.csv`` and
+    ``vpc.png`` (`plot_vpc`).
 
     Args:
         result: The `isletfit.fitting.PopulationResult`.
@@ -228,6 +230,11 @@ def write_population_outputs(
         paths["summary"], json.dumps(_jsonable(result.summary()), indent=2) + "\n"
     )
     plot_population_graft(result, paths["graft_figure"])
+    if result.covariates:
+        paths["covariates"] = out / COVARIATES_CSV
+        _csv(result.covariate_effects(), paths["covariates"])
+    else:  # a table from an earlier run with covariates would be stale
+        (out / COVARIATES_CSV).unlink(missing_ok=True)
     if vpc is not None:
         paths["vpc"] = out / VPC_CSV
         paths["vpc_figure"] = out / VPC_PNG
@@ -235,6 +242,16 @@ def write_population_outputs(
         plot_vpc(vpc, paths["vpc_figure"])
     return paths
 
+
+_COVARIATE_COLUMNS = [
+    ("name", "parameter", "{}"),
+    ("covariate", "covariate", "{}"),
+    ("reference", "median", "{:.4g}"),
+    ("beta", "β (exponent)", "{:.3f}"),
+    ("lower", "95 % low", "{:.3f}"),
+    ("upper", "95 % high", "{:.3f}"),
+    ("factor_per_doubling", "× per doubling", "{:.3f}"),
+]
 
 _PARAMETER_COLUMNS = [
     ("name", "parameter", "{}"),
@@ -396,6 +413,15 @@ def build_population_report(out_dir: str | Path) -> Path:
     summary_path = out / SUMMARY_JSON
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     vpc = _read_csv(out / VPC_CSV)
+    effects = _read_csv(out / COVARIATES_CSV)
+    covariate_section = ""
+    if not effects.empty:
+        covariate_section = (
+            '<h2 id="covariates">Covariate effects</h2>'
+            "<p class='note'>Each parameter's typical value scales as "
+            "(covariate / cohort median)<sup>β</sup>; an interval of β that excludes 0 "
+            "is an effect the data support.</p>" + _table(effects, _COVARIATE_COLUMNS)
+        )
     estimates = _read_csv(out / ESTIMATES_CSV)
     names = [str(n) for n in params.get("name", [])]
 
@@ -434,6 +460,7 @@ def build_population_report(out_dir: str | Path) -> Path:
         '<h2 id="parameters">Population parameters</h2>'
         f"<p class='note'>{html.escape(_NOTE)}</p>"
         + _table(params, _PARAMETER_COLUMNS)
+        + covariate_section
         + '<h2 id="graft">Population graft trajectory</h2>'
         + "<p class='note'>Typical graft function B (fraction of a healthy adult's "
         "secretory capacity) across the population, the band where 95 % of the "
