@@ -7,6 +7,8 @@ use a small model (three estimated fields, no day-window effects) so that NUTS r
 in minutes on a laptop CPU; the log-density tests use the default model.
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ import pytest
 
 from isletfit import InputError
 from isletfit.fitting import (
+    Covariate,
     FitModel,
     Hyperprior,
     LevenbergMarquardt,
@@ -359,6 +362,9 @@ def test_bad_arguments_raise_input_errors(data, population):
         sample_posterior(patients, population, **{**kwargs, "prior": Prior()})
     with pytest.raises(InputError, match="PopulationResult"):
         sample_posterior(patients, population.results[patients[0].patient_id], **kwargs)
+    with_weight = dataclasses.replace(population, covariates=(Covariate("weight_kg"),))
+    with pytest.raises(InputError, match="covariates"):
+        sample_posterior(patients, with_weight, **kwargs)
 
 
 @pytest.mark.slow
