@@ -98,7 +98,6 @@ from ._em import (
     PlainEMState,
     SquaremEM,
     SquaremState,
-    m_step,
 )
 from ._fit import _Z95, FitResult, _linearise, assemble_result
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
@@ -292,11 +291,6 @@ def _estimate_noise_np(resid, use, weights, ar1: bool):
         r = np.sum(a * b, axis=(1, 2)) / np.where(den > 0, den, 1.0)
         phi = np.where(pair.sum(axis=(1, 2)) > 10, np.clip(r, 0.0, 0.99), 0.0)
     return sigma, phi
-
-
-def _m_step(theta, var, use, floor: float):
-    """μ and ω from the EBEs and their Laplace variances of the patients in ``use``."""
-    return m_step(theta[use], var[use], floor)
 
 
 # ------------------------------------------------------------------------- results
@@ -1229,7 +1223,7 @@ class _Engine:
         if partial:
             cap = min(cap, self.e_step_iterations)
         self.e_step(
-            self.design @ coef_x.T,
+            self.centres(coef_x[:, 0], coef_x[:, 1:]),
             omega_x,
             before,
             cap,
@@ -1254,13 +1248,10 @@ class _Engine:
             em_state = em.update(state.em, mapped, floor=floor, inner_rounds=inner)
             coef = mu[:, None]
         elif ok_all.any():
-            if self.design.shape[1] == 1:
-                mu, omega = _m_step(theta, var, ok_all, floor)
-                coef = mu[:, None]
-            else:
-                coef, omega = regression_m_step(
-                    theta[ok_all], var[ok_all], self.design[ok_all], self.free, floor
-                )
+            # least squares on the design (the mean when there are no covariates)
+            coef, omega = regression_m_step(
+                theta[ok_all], var[ok_all], self.design[ok_all], self.free, floor
+            )
             mapped = np.concatenate([coef.reshape(-1), omega])
             em_state = em.update(state.em, mapped, floor=floor, n_omega=p)
         else:
