@@ -1381,7 +1381,7 @@ class _Engine:
             covariates=covariates,
             covariate_reference=reference,
             covariate_values=self.design[:, 1:],
-            beta=np.where(self.free[:, 1:], state.beta, 0.0),
+            beta=state.beta,  # 0 where not free (the M-step's)
             beta_se=beta_se,
         )
 
@@ -1506,26 +1506,20 @@ def fit_population(
             "fit_population: max_rounds >= 0, checkpoint_every >= 1, tol >= 0 and "
             "omega_floor > 0 are required"
         )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size < 1
+    for name, value in (
+        ("chunk_size", chunk_size),
+        ("e_step_iterations", e_step_iterations),
     ):
-        raise InputError(
-            f"fit_population: chunk_size must be a whole number >= 1 or None, got "
-            f"{chunk_size!r}",
-            field="chunk_size",
-        )
-    if e_step_iterations is not None and (
-        isinstance(e_step_iterations, bool)
-        or not isinstance(e_step_iterations, int | np.integer)
-        or e_step_iterations < 1
-    ):
-        raise InputError(
-            "fit_population: e_step_iterations must be a whole number >= 1 or None, "
-            f"got {e_step_iterations!r}",
-            field="e_step_iterations",
-        )
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | np.integer)
+            or value < 1
+        ):
+            raise InputError(
+                f"fit_population: {name} must be a whole number >= 1 or None, got "
+                f"{value!r}",
+                field=name,
+            )
     if not isinstance(em, PlainEM | SquaremEM | LinearisedEM):
         raise InputError(
             "fit_population: em must be PlainEM(), SquaremEM() or LinearisedEM(), "
