@@ -93,6 +93,96 @@ def test_held_jacobian_steps_reach_the_same_optimum_with_exact_final_blocks():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_a_solve_continued_from_its_blocks_is_the_uninterrupted_one():
+    """A solve cut after k steps and continued with its blocks, aux and damping
+    (``start``, ``carried``) follows the uninterrupted iterates exactly, without
+    linearising its starting point again."""
+    rng = np.random.default_rng(2)
+    n_w, m, ng, nl = 4, 15, 3, 2
+    ag = 0.3 * rng.standard_normal((n_w, m, ng))
+    al = 0.3 * rng.standard_normal((n_w, m, nl))
+    y = np.exp(np.einsum("wmi,i->wm", ag, rng.standard_normal(ng)))
+    y = y + 0.05 * rng.standard_normal(y.shape)
+
+    def linearise(g, loc):
+        def res(gg, ll):
+            z = jnp.einsum("wmi,i->wm", ag, gg) + jnp.einsum("wmi,wi->wm", al, ll)
+            return jnp.exp(z) - y
+
+        jg = jax.jacfwd(lambda gg: res(gg, loc))(g)
+        jl = jnp.einsum("wmwi->wmi", jax.jacfwd(lambda ll: res(g, ll))(loc))
+        rw = res(g, loc)
+        return blocks_from_jacobians(rw, jg, jl, 0.1 * g, 0.1 * jnp.eye(ng)), rw
+
+    lm = LevenbergMarquardt(atol=0.0, rtol=0.0, xtol=0.0, lambda0=1.0)
+    g0, l0 = jnp.zeros(ng), jnp.zeros((n_w, nl))
+    whole = lm(linearise, g0, l0, max_iter=5)
+    part = lm(linearise, g0, l0, max_iter=2)
+    assert int(part.iterations) == 2 and not bool(part.stopped)
+
+    def go_on(carried):
+        start = (part.blocks, part.aux)
+        return lm(
+            linearise,
+            part.g,
+            part.loc,
+            max_iter=3,
+            damping=part.damping,
+            start=start,
+            carried=carried,
+        )
+
+    rest = go_on(True)
+    assert int(rest.iterations) == 3 and int(rest.jacobians) == 3
+    assert int(whole.jacobians) == 6  # the start, then one per step
+    np.testing.assert_allclose(rest.g, whole.g, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(rest.loc, whole.loc, rtol=0, atol=1e-13)
+    assert float(rest.damping) == pytest.approx(float(whole.damping), rel=1e-12)
+    # not carried: the start is linearised again (the iterates then differ)
+    assert int(go_on(False).jacobians) == 4
+
+
+def test_soft_physiological_bounds_are_smooth_and_exact_inside(tmp_path):
+    """`Objective.params_from` keeps each estimated field inside its physiological
+    bounds smoothly: exp(θ) inside (to 1.3e-3 at a factor e from a bound), never
+    beyond a bound, and with a slope that fades without vanishing at once (a hard clip
+    made the data's information jump to zero there)."""
+    from isletfit.fitting import Prior
+    from isletfit.fitting._problem import Objective
+    from isletfit.model import param_info
+
+    patient, _ = synthetic_patient(tmp_path / "p.csv", blocks=((-3, 1),))
+    windows, _ = prepare_windows(
+        patient,
+        model=FitModel(),
+        weight_kg=70.0,
+        transplant_day=patient_day(patient, 0.0),
+    )
+    prior = Prior()
+    obj = Objective(windows=windows, model=FitModel(), prior=prior)
+    j = prior.estimated.index("kabs")
+    lo, hi = next((r["lower"], r["upper"]) for r in param_info() if r["name"] == "kabs")
+    centre = np.asarray(obj.prior_centre())
+
+    def kabs(t):
+        return obj.params_from(jnp.asarray(centre).at[j].set(t)).kabs
+
+    # inside: the identity, to e^{-kd}/k on the log scale
+    for t in [np.log(lo) + 1.0, np.log(0.057), np.log(hi) - 1.0]:
+        assert abs(np.log(float(kabs(t))) - t) < 1.4e-3
+    ts = np.linspace(np.log(lo) - 3.0, np.log(hi) + 3.0, 601)
+    values = np.asarray(jax.vmap(kabs)(jnp.asarray(ts)))
+    assert np.all(values > lo) and np.all(values <= hi * (1 + 1e-12))
+    slope = np.asarray(jax.vmap(jax.grad(kabs))(jnp.asarray(ts)))
+    assert np.all(slope > 0)
+    # at the bound the slope is a fair fraction of the interior one, and it fades
+    # smoothly (no jump between neighbouring points) beyond
+    rel = slope / values
+    at_hi = np.argmin(np.abs(ts - np.log(hi)))
+    assert 0.3 < rel[at_hi] < 0.7
+    assert np.max(np.abs(np.diff(rel))) < 0.05
+
+
 def test_prepare_windows_cuts_days_pads_and_maps_study_days(tmp_path):
     patient, _ = synthetic_patient(tmp_path / "p.csv", blocks=((-3, 2), (10, 2)))
     windows, info = prepare_windows(

@@ -37,7 +37,8 @@ from isletfit.fitting import (
     stack_problems,
     visual_predictive_check,
 )
-from isletfit.fitting._population import HierarchicalObjective
+from isletfit.fitting._fit import _linearise
+from isletfit.fitting._population import HierarchicalObjective, _Carried
 from isletfit.fitting._problem import Objective
 from isletfit.fitting._stacking import (
     embed_global,
@@ -158,6 +159,48 @@ def test_stacking_round_trip(data):
     np.testing.assert_allclose(
         r[obj.n_params :], obj.global_residual(g)[obj.n_params :]
     )
+
+
+def test_carried_blocks_under_a_new_prior_equal_a_fresh_linearisation(data):
+    """A cut solve's blocks, moved to the next round's prior centre and SD on the host
+    (`_Carried.under`), are the blocks a fresh linearisation there gives: the prior
+    on θ is quadratic, so the correction is exact (no Jacobian needed)."""
+    patients, sheet = data
+    model, prior = FitModel(), Prior()
+    problem, _ = stack_problems(patients[:2], model=model, sheet=sheet)
+    p = problem.n_params
+    obj = problem.objective(0)
+    g = jnp.concatenate(
+        [obj.prior_centre() + 0.15, jnp.zeros(obj.n_knots + 2 * obj.n_sessions)]
+    )
+    loc = jnp.full((obj.windows.ts.shape[0], obj.n_local), 0.05)
+    noise = (jnp.asarray(9.0), jnp.asarray(0.3))
+    wt = jnp.ones(obj.windows.obs.shape)
+
+    def blocks(centre, omega):
+        hier = HierarchicalObjective(
+            windows=obj.windows, model=model, prior=prior, mu=centre, omega=omega
+        )
+        out, (pred, ok, _) = eqx.filter_jit(_linearise)(hier, g, loc, noise, wt)
+        return jax.tree.map(lambda x: np.asarray(x)[None], out), pred, ok
+
+    c0, w0 = np.asarray(obj.prior_centre()), np.asarray(prior.log_sd)
+    c1, w1 = c0 - 0.3, 0.6 * w0
+    old, pred, ok = blocks(jnp.asarray(c0), jnp.asarray(w0))
+    carried = _Carried(
+        on=np.ones(1, bool),
+        blocks=old,
+        pred=np.asarray(pred)[None],
+        ok=np.asarray(ok)[None],
+        centre=c0[None],
+        omega=w0,
+    )
+    moved = carried.under(np.asarray(g[:p])[None], c1[None], w1)
+    fresh, _, _ = blocks(jnp.asarray(c1), jnp.asarray(w1))
+    assert float(moved.blocks.cost[0]) != pytest.approx(float(old.cost[0]))
+    for a, b in zip(jax.tree.leaves(moved.blocks), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-9)
+    np.testing.assert_array_equal(moved.centre, c1[None])
 
 
 def test_host_stack_consumes_the_prepared_patients(data, monkeypatch):

@@ -270,6 +270,8 @@ class LevenbergMarquardt(eqx.Module):
         evaluate: Callable[[Array, Array, Any, Blocks], tuple[Blocks, Any]]
         | None = None,
         damping=None,
+        start: tuple[Blocks, Any] | None = None,
+        carried=False,
     ) -> LMResult:
         """Minimise ½‖r‖² from ``(g0, l0)``.
 
@@ -290,6 +292,14 @@ class LevenbergMarquardt(eqx.Module):
                 matrix kept from ``blocks``); enables Jacobian reuse.
             damping: Starting λ (default ``lambda0``; may be traced), e.g. the
                 `LMResult.damping` of a solve this one continues.
+            start: ``(blocks, aux)`` at ``(g0, l0)`` from the solve this one
+                continues (its `LMResult.blocks` and ``aux``), used where
+                ``carried``: the solve then takes a step at once instead of
+                linearising its starting point again, and every one of its
+                ``max_iter`` iterations is a step. With ``damping`` carried too it
+                continues exactly where the other stopped (after an accepted step).
+            carried: Whether to use ``start`` (may be traced, e.g. per lane of a
+                ``vmap``).
         """
         limit = self.max_iter if max_iter is None else max_iter
         reuse = evaluate is not None and self.reuse_jacobian > 0
@@ -305,6 +315,14 @@ class LevenbergMarquardt(eqx.Module):
         blocks_shape, aux_shape, jac_shape = jax.eval_shape(full, g0, l0)
         zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)  # noqa: E731
         blocks0 = zeros(blocks_shape)._replace(cost=jnp.asarray(jnp.inf, dtype))
+        aux0 = zeros(aux_shape)
+        carried = jnp.asarray(carried, bool) & (start is not None)
+        if start is not None:
+            blocks0, aux0 = jax.tree.map(
+                lambda x, y: jnp.where(carried, x, y), start, (blocks0, aux0)
+            )
+        # a carried start is not linearised again: one iteration fewer to count
+        offset = jnp.where(carried, 0, 1)
 
         def trial(held, g_c, l_c, jac, blocks):
             if not reuse:
@@ -316,14 +334,14 @@ class LevenbergMarquardt(eqx.Module):
             )
 
         def cond(state):
-            return (state["it"] < limit + 1) & ~state["done"]
+            return (state["it"] < limit + offset) & ~state["done"]
 
         def body(s):
             g, loc, blocks, lam, nu = s["g"], s["loc"], s["blocks"], s["lam"], s["nu"]
-            first = s["it"] == 0
+            first = (s["it"] == 0) & ~carried
             # linearise at the current point without moving (start, or a refresh)
             # the last iteration never ends on held blocks: refresh or a fresh trial
-            last = s["it"] >= limit
+            last = s["it"] >= limit + offset - 1
             here = first | s["refresh"] | (last & ~s["fresh"])
             dg, dl = _solve(blocks, lam)
             size = jnp.maximum(
@@ -334,7 +352,13 @@ class LevenbergMarquardt(eqx.Module):
             predicted = _predicted_decrease(blocks, dg, dl)
             g_c = jnp.where(here, g, g + dg)
             l_c = jnp.where(here, loc, loc + dl)
-            held = s["chord"] & ~here & ~last & (s["n_held"] < self.reuse_jacobian)
+            # a held (chord) step only where the caller can evaluate one: without
+            # `evaluate` every trial point is linearised afresh
+            held = (
+                s["chord"] & ~here & ~last & (s["n_held"] < self.reuse_jacobian)
+                if reuse
+                else jnp.asarray(False)
+            )
             blocks_c, aux_c, jac_c = trial(held, g_c, l_c, s["jac"], blocks)
             actual = blocks.cost - blocks_c.cost
             ok = jnp.isfinite(blocks_c.cost) & (here | ((actual > 0) & (predicted > 0)))
@@ -397,13 +421,13 @@ class LevenbergMarquardt(eqx.Module):
             "g": g0,
             "loc": l0,
             "blocks": blocks0,
-            "aux": zeros(aux_shape),
+            "aux": aux0,
             "jac": zeros(jac_shape),
             "lam": jnp.asarray(self.lambda0 if damping is None else damping, dtype),
             "nu": jnp.asarray(2.0, dtype),
             "it": jnp.asarray(0),
             "done": jnp.asarray(False),
-            "finite": jnp.asarray(False),
+            "finite": carried,
             "fresh": jnp.asarray(True),
             "refresh": jnp.asarray(False),
             "n_held": jnp.asarray(0),
@@ -416,7 +440,7 @@ class LevenbergMarquardt(eqx.Module):
             loc=s["loc"],
             blocks=s["blocks"],
             aux=s["aux"],
-            iterations=s["it"] - 1,
+            iterations=s["it"] - offset,
             jacobians=s["jacobians"],
             converged=s["done"] & s["finite"] & (s["lam"] <= 1e12),
             finite=s["finite"],

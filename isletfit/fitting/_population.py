@@ -20,19 +20,21 @@ population pharmacokinetics):
 
 The rounds stop when μ and ω change by less than ``tol``; a last E-step under the final
 (μ, ω) gives the reported per-patient estimates. The CGM error SD and AR(1)
-coefficient of each patient are re-estimated after every E-step, as `fit_patient` does
-after its screening. Where each round runs is the ``em`` strategy's choice: `PlainEM`
-(at the last M-step's result), `SquaremEM` (SQUAREM extrapolation) or `LinearisedEM`
-(the EM's fixed point on the patients' quadratic models; see
-``isletfit/fitting/_em.py``). With ``e_step_iterations`` the E-steps are incomplete
-(each solve runs a few iterations per round and goes on in the next; Neal and Hinton
+coefficient of each patient are re-estimated after every E-step in which its solve
+settled, as `fit_patient` does after its screening. Where each round runs is the
+``em`` strategy's choice: `PlainEM` (at the last M-step's result), `SquaremEM`
+(SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the patients'
+quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
+E-steps are incomplete (each solve runs a few iterations per round and goes on in the
+next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
 1998). With ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the
 M-step regresses the EBEs on the covariates (``isletfit/fitting/_covariates.py``).
 
 **Memory.** The patients' arrays are stacked on the host (numpy); an E-step moves
 ``chunk_size`` patients (lanes) at a time to the devices and brings back only what
-the M-step, the noise update and the warm starts need, so neither the devices nor the
-host ever hold the Jacobians or predictions of the whole population.
+the M-step, the noise update and the warm starts need, so the devices never hold the
+Jacobians or predictions of the whole population, and the host only the blocks of
+cut solves, when they fit in `_CARRY_BYTES`.
 
 A patient whose record cannot be prepared, or whose model cannot be evaluated (a
 non-finite cost), is reported in `PopulationResult.failures` and left out of the
@@ -170,20 +172,26 @@ def _solve_block(
     """Levenberg–Marquardt for a block of patients (vmapped over the patient axis).
 
     ``centre`` is each patient's prior centre of θ (μ, moved by its covariates);
-    ``lanes`` is ``(max_iter, damping)`` of each patient: its iteration budget in this
-    call (0 for an idle lane) and its starting λ.
+    ``lanes`` is ``(max_iter, damping, carried, blocks, pred, ok)`` of each patient:
+    its iteration budget in this call (0 for an idle lane), its starting λ, and
+    whether it continues a solve, with the blocks and predictions of the point it
+    stopped at (`LevenbergMarquardt`'s ``start``: that point is not linearised again).
     """
 
     def one(win, mu, g, loc, s, f, wt, lane):
         obj = HierarchicalObjective(
             windows=win, model=model, prior=prior, mu=mu, omega=omega
         )
+        carried, blocks, pred, ok = lane[2:]
+        scores = jnp.zeros((win.ts.shape[0], g.shape[0]), g.dtype)  # not used
         res = optimiser(
             lambda gg, ll: _linearise(obj, gg, ll, (s, f), wt),
             g,
             loc,
             max_iter=lane[0],
             damping=lane[1],
+            start=(blocks, (pred, ok, scores)),
+            carried=carried,
         )
         pred, ok = res.aux[0], res.aux[1]  # predicted CGM, solver success
         return _Solved(
@@ -643,6 +651,58 @@ class _State:
     damping: np.ndarray  # each patient's LM damping where its last solve stopped
     history_mu: np.ndarray
     history_omega: np.ndarray
+    # the blocks where the cut solves stopped (not in the checkpoint: a resumed solve
+    # linearises its starting point again, which gives the same blocks)
+    carried: _Carried | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Carried:
+    """The Gauss–Newton blocks at which each cut solve stopped, to continue it.
+
+    Attributes:
+        on: Which real patients' solves are carried ``[m]``.
+        blocks: Their blocks ``[m, ...]`` (zeros where not ``on``).
+        pred: Their predicted CGM ``[m, W, T]``.
+        ok: Their windows' solver success ``[m, W]``.
+        centre: The prior centres of θ the blocks were formed under ``[m, p]``.
+        omega: The prior SD of θ they were formed under ``[p]``.
+    """
+
+    on: np.ndarray
+    blocks: Blocks
+    pred: np.ndarray
+    ok: np.ndarray
+    centre: np.ndarray
+    omega: np.ndarray
+
+    def under(self, theta, centre, omega) -> _Carried:
+        r"""The blocks under another prior N(centre, ω²) on θ (exact).
+
+        The prior on θ is quadratic with residuals r = (θ − c)/ω and Jacobian
+        diag(1/ω), so only its terms change: ½‖r‖² in the cost, (θ − c)/ω² in the
+        gradient and 1/ω² on the diagonal of H_θθ; the data blocks are the same.
+
+        Args:
+            theta: Each patient's θ at its carried point ``[m, p]``.
+            centre: The new prior centres ``[m, p]``.
+            omega: The new prior SD ``[p]``.
+        """
+        p = theta.shape[1]
+        r_old = (theta - self.centre) / self.omega
+        r_new = (theta - centre) / omega
+        b = self.blocks
+        hgg, bg = b.hgg.copy(), b.bg.copy()
+        diag = np.arange(p)
+        hgg[:, diag, diag] += 1.0 / omega**2 - 1.0 / self.omega**2
+        bg[:, :p] += r_new / omega - r_old / self.omega
+        cost = b.cost + 0.5 * np.sum(r_new**2 - r_old**2, axis=1)
+        return dataclasses.replace(
+            self,
+            blocks=b._replace(cost=cost, hgg=hgg, bg=bg),
+            centre=np.asarray(centre, float),
+            omega=np.asarray(omega, float),
+        )
 
 
 def _state_arrays(state: _State) -> dict[str, np.ndarray]:
@@ -650,6 +710,8 @@ def _state_arrays(state: _State) -> dict[str, np.ndarray]:
     out = {}
     for f in dataclasses.fields(_State):
         value = getattr(state, f.name)
+        if f.name == "carried":
+            continue
         if f.name == "em":
             out.update({f"em_{k}": np.asarray(v) for k, v in value._asdict().items()})
         elif value is not None:
@@ -770,7 +832,7 @@ def _load_checkpoint(path, engine: _Engine, patient_id, em) -> _State:
     values = {
         f.name: data.get(f.name)
         for f in dataclasses.fields(_State)
-        if f.name not in ("em", "weights")
+        if f.name not in ("em", "weights", "carried")
     }
     values["round"] = int(values["round"])
     values["done"] = bool(values["done"])
@@ -818,11 +880,21 @@ def _chunk_size(
 #: Iterations of a patient's solve per call; an unfinished solve continues in the next
 #: call from where it stopped (with its damping), in whichever lane.
 _SEGMENT = 10
+# host memory for the blocks of cut solves carried from one round to the next; above
+# it (e.g. 10,000 patients × 84 windows) each round linearises the solves' starts again
+_CARRY_BYTES = 2 * 2**30
 
 
 def _rows_at(rows: dict, ids) -> dict:
     """The rows ``ids`` of each per-patient array (None stays None)."""
     return {k: None if v is None else v[ids] for k, v in rows.items()}
+
+
+def _set_rows(target, at, source) -> None:
+    """Write ``source`` into the rows ``at`` of ``target`` (same pytree; in place)."""
+    leaves = zip(jax.tree.leaves(target), jax.tree.leaves(source), strict=True)
+    for mine, theirs in leaves:
+        mine[at] = theirs
 
 
 def _lanes_at(tree, lanes):
@@ -962,11 +1034,13 @@ class _Engine:
         }
 
     def _call(
-        self, centre, omega, ids, start: dict, budget, damping, *, cov, surrogate
+        self, centre, omega, ids, start: dict, budget, damping, carry, *, cov, surrogate
     ):
         """One call of the compiled solver on the lanes' patients ``ids``.
 
-        ``centre`` holds the lanes' prior centres of θ ``[lanes, p]``.
+        ``centre`` holds the lanes' prior centres of θ ``[lanes, p]``; ``carry`` is
+        ``(carried, blocks, pred, ok)``: which lanes continue their patient's solve,
+        with the blocks and predictions where it stopped.
 
         Returns:
             Host-side `_Solved`, covariances (or None) and the arrays of the quadratic
@@ -989,7 +1063,7 @@ class _Engine:
             start["sigma"],
             start["phi"],
             weights,
-            (np.asarray(budget), np.asarray(damping, dtype)),
+            (np.asarray(budget), np.asarray(damping, dtype), *carry),
         )
         centre, *args = self._put(args, shard)
         omega = _place(jnp.asarray(omega), rep)
@@ -1019,10 +1093,16 @@ class _Engine:
         on_done: Callable,
         *,
         damping: np.ndarray | None = None,
+        carried: _Carried | None = None,
         cov: bool = False,
         surrogate: bool = False,
     ) -> None:
         """Every real patient's MAP under N(``mu``, ``omega``²), lanes handed over.
+
+        A solve runs in segments of at most `_SEGMENT` iterations; a lane that goes on
+        with its patient in the next call brings the Gauss–Newton blocks of the point
+        it stopped at, so that point is not linearised again (`LevenbergMarquardt`'s
+        ``start``). A patient ``on`` in ``carried`` starts that way too.
 
         Args:
             mu: Prior centre of θ ``[p]``, or each real patient's ``[n_real, p]``.
@@ -1036,6 +1116,8 @@ class _Engine:
                 and their iterations in this E-step.
             damping: Each real patient's starting LM damping (default the
                 optimiser's ``lambda0``), e.g. where its last solve stopped.
+            carried: The blocks at the starting points of the patients whose solves
+                go on (formed under ``mu`` and ``omega``), or None.
             cov: Also compute the Laplace covariances.
             surrogate: Also compute the quadratic models in θ (`surrogates`).
         """
@@ -1050,11 +1132,20 @@ class _Engine:
         waiting = list(range(m - 1, -1, -1))  # patient 0 first
         lane = np.full(c, -1)  # each lane's patient, -1 when idle
         ids = np.zeros(c, int)  # the patient whose data each lane holds
+        # a lane that continues a solve brings the blocks and predictions of its point
+        carry = self.no_carry(c)
         while True:
             for k in np.flatnonzero(lane < 0):
                 if not waiting:
                     break
-                lane[k] = ids[k] = waiting.pop()
+                i = lane[k] = ids[k] = waiting.pop()
+                carry[0][k] = carried is not None and carried.on[i]
+                if carry[0][k]:
+                    _set_rows(
+                        carry[1:],
+                        k,
+                        _lanes_at((carried.blocks, carried.pred, carried.ok), i),
+                    )
             busy = np.flatnonzero(lane >= 0)
             if busy.size == 0:
                 return
@@ -1069,9 +1160,12 @@ class _Engine:
                 {**start, "g": g[ids], "loc": loc[ids]},
                 budget,
                 damping[ids],
+                carry,
                 cov=cov,
                 surrogate=surrogate,
             )
+            # writable copies: lanes given new patients are overwritten
+            carry = (lane >= 0, *jax.tree.map(np.array, (res.blocks, res.pred, res.ok)))
             who = lane[busy]
             fine = np.isfinite(res.cost[busy]) & np.all(
                 np.isfinite(res.g[busy]), axis=1
@@ -1091,6 +1185,29 @@ class _Engine:
                     used[lane[lanes]],
                 )
                 lane[lanes] = -1
+                carry[0][lanes] = False
+
+    def no_carry(self, n: int) -> tuple:
+        """``(on, blocks, pred, ok)`` of ``n`` solves that carry nothing (zeros)."""
+        ng = self.g0.shape[1]
+        n_windows, n_times = self.problem.windows.obs.shape[1:]
+        nl = self.loc0.shape[1]
+        dtype = self.g0.dtype
+        blocks = Blocks(
+            cost=np.zeros(n, dtype),
+            hgg=np.zeros((n, ng, ng), dtype),
+            bg=np.zeros((n, ng), dtype),
+            hll=np.zeros((n, n_windows, nl, nl), dtype),
+            hgl=np.zeros((n, n_windows, ng, nl), dtype),
+            bl=np.zeros((n, n_windows, nl), dtype),
+        )
+        pred = np.zeros((n, n_windows, n_times), dtype)
+        return np.zeros(n, bool), blocks, pred, np.zeros((n, n_windows), bool)
+
+    def carry_fits(self) -> bool:
+        """Whether every real patient's carried blocks fit in `_CARRY_BYTES`."""
+        one = sum(x.nbytes for x in jax.tree.leaves(self.no_carry(1)))
+        return self.n_real * one <= _CARRY_BYTES
 
     def noise(self, pred, ok, rows: dict, ids) -> dict:
         """``rows`` (of the patients ``ids``) with the CGM error re-estimated."""
@@ -1113,12 +1230,16 @@ class _Engine:
             if value is not None:
                 rows[name][ids] = value
 
-    def _keep(self, rows: dict, ids, res: _Solved, ok) -> None:
-        """Store the solved patients' estimates (where ``ok``) and their new noise."""
+    def _keep(self, rows: dict, ids, res: _Solved, ok, renoise=None) -> None:
+        """Store the solved patients' estimates (where ``ok``) and their new noise.
+
+        ``renoise`` (default ``ok``) says whose CGM error is re-estimated.
+        """
         new = _rows_at(rows, ids)
         new["g"] = np.where(ok[:, None], res.g, new["g"])
         new["loc"] = np.where(ok[:, None, None], res.loc, new["loc"])
-        self._store(rows, self.noise(res.pred, ok, new, ids), ids)
+        renoise = ok if renoise is None else renoise
+        self._store(rows, self.noise(res.pred, renoise, new, ids), ids)
 
     def start(self, *, key, starts: int, em) -> _State:
         """Screen the starting points of every patient (single-patient prior)."""
@@ -1202,10 +1323,22 @@ class _Engine:
         partial = self.e_step_iterations is not None
         damping = state.damping.copy()
 
+        # a cut solve goes on in the next round from the blocks where it stopped: its
+        # CGM error stays as it is until the solve settles (the blocks depend on it),
+        # and the next round's prior is put into the blocks exactly (`_Carried.under`)
+        keep = None
+        carry = partial and not linearised and self.carry_fits()
+        if carry:
+            keep = self.no_carry(m)
+
         def done(ids, res, cov, quad, used):
             ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
             settled[ids] = res.stopped | ~ok
             damping[ids] = np.where(ok, res.damping, self.optimiser.lambda0)
+            cut = ok & ~res.stopped if carry else np.zeros(len(ids), bool)
+            if carry:
+                keep[0][ids] = cut
+                _set_rows(keep[1:], ids, (res.blocks, res.pred, res.ok))
             if linearised:
                 for j, part in enumerate(quad):
                     if quadratic[j] is None:
@@ -1214,7 +1347,7 @@ class _Engine:
                     ok = ok & np.all(np.isfinite(part.reshape(len(ids), -1)), axis=1)
             else:
                 var[ids] = np.diagonal(cov, axis1=1, axis2=2)[:, :p]
-            self._keep(rows, ids, res, ok)
+            self._keep(rows, ids, res, ok, renoise=ok & ~cut)
             theta[ids] = res.g[:, :p]
             ok_all[ids] = ok
             iterations[ids] += used
@@ -1222,16 +1355,23 @@ class _Engine:
         cap = self.optimiser.max_iter
         if partial:
             cap = min(cap, self.e_step_iterations)
+        centre_x = self.centres(coef_x[:, 0], coef_x[:, 1:])
+        carried = state.carried
+        if carried is not None:
+            carried = carried.under(state.g[:, :p], centre_x, omega_x)
         self.e_step(
-            self.centres(coef_x[:, 0], coef_x[:, 1:]),
+            centre_x,
             omega_x,
             before,
             cap,
             done,
             damping=state.damping if partial else None,
+            carried=carried,
             cov=not linearised,
             surrogate=linearised,
         )
+        if keep is not None:
+            keep = _Carried(*keep, centre=centre_x, omega=np.asarray(omega_x, float))
         if ok_all.any() and linearised:
             model = Surrogate(theta, *quadratic)
             model = Surrogate(*(x[ok_all] for x in model))
@@ -1274,6 +1414,7 @@ class _Engine:
             damping=damping if partial else state.damping,
             history_mu=np.concatenate([state.history_mu, mu[None]]),
             history_omega=np.concatenate([state.history_omega, omega[None]]),
+            carried=keep,
         )
         return new, change, int(m - ok_all.sum()), int(m - settled.sum())
 
