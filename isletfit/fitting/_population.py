@@ -1326,10 +1326,18 @@ class _Engine:
         # a cut solve goes on in the next round from the blocks where it stopped: its
         # CGM error stays as it is until the solve settles (the blocks depend on it),
         # and the next round's prior is put into the blocks exactly (`_Carried.under`)
+        centre_x = self.centres(coef_x[:, 0], coef_x[:, 1:])
+        carried = state.carried
+        if carried is not None:
+            carried = carried.under(state.g[:, :p], centre_x, omega_x)
         keep = None
         carry = partial and not linearised and self.carry_fits()
-        if carry:
+        if carry and carried is None:
             keep = self.no_carry(m)
+        elif carry:
+            # written over last round's rows (a patient's row is read when its solve
+            # starts, before its end writes it): one copy in host memory, not two
+            keep = (np.zeros(m, bool), carried.blocks, carried.pred, carried.ok)
 
         def done(ids, res, cov, quad, used):
             ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
@@ -1355,10 +1363,6 @@ class _Engine:
         cap = self.optimiser.max_iter
         if partial:
             cap = min(cap, self.e_step_iterations)
-        centre_x = self.centres(coef_x[:, 0], coef_x[:, 1:])
-        carried = state.carried
-        if carried is not None:
-            carried = carried.under(state.g[:, :p], centre_x, omega_x)
         self.e_step(
             centre_x,
             omega_x,
