@@ -662,7 +662,7 @@ class _Carried:
 
     Attributes:
         on: Which real patients' solves are carried ``[m]``.
-        blocks: Their blocks ``[m, ...]`` (zeros where not ``on``).
+        blocks: Their blocks ``[m, ...]`` (rows not ``on`` hold nothing of use).
         pred: Their predicted CGM ``[m, W, T]``.
         ok: Their windows' solver success ``[m, W]``.
         centre: The prior centres of θ the blocks were formed under ``[m, p]``.
@@ -1331,10 +1331,10 @@ class _Engine:
         if carried is not None:
             carried = carried.under(state.g[:, :p], centre_x, omega_x)
         keep = None
-        carry = partial and not linearised and self.carry_fits()
-        if carry and carried is None:
+        carrying = partial and not linearised and self.carry_fits()
+        if carrying and carried is None:
             keep = self.no_carry(m)
-        elif carry:
+        elif carrying:
             # written over last round's rows (a patient's row is read when its solve
             # starts, before its end writes it): one copy in host memory, not two
             keep = (np.zeros(m, bool), carried.blocks, carried.pred, carried.ok)
@@ -1343,8 +1343,8 @@ class _Engine:
             ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
             settled[ids] = res.stopped | ~ok
             damping[ids] = np.where(ok, res.damping, self.optimiser.lambda0)
-            cut = ok & ~res.stopped if carry else np.zeros(len(ids), bool)
-            if carry:
+            cut = ok & ~res.stopped if carrying else np.zeros(len(ids), bool)
+            if carrying:
                 keep[0][ids] = cut
                 _set_rows(keep[1:], ids, (res.blocks, res.pred, res.ok))
             if linearised:

@@ -463,12 +463,12 @@ class Objective(eqx.Module):
         bounds and k = `_BOUND_SHARPNESS`. Inside the bounds θ' = θ to within
         $e^{-k d}/k$ at a distance d from the nearer one (1.3e-3 at d = 1, a factor
         e); beyond them the value saturates with a slope that fades smoothly. A hard
-        clip made the
-        data's information about θ vanish at once beyond a bound: a patient whose data
-        pulled it there had an objective with a kink, a Gauss–Newton Hessian that
-        jumped between rounds of a population fit (the Laplace SD of its ``kabs``
-        switching between the prior's 0.8 and the data's 0.3 at θ ± 1e-4, which kept
-        ω from settling) and an ill-defined Laplace approximation.
+        clip made the data's information about θ vanish at once beyond a bound: a
+        patient whose data pulled it there had an objective with a kink, a
+        Gauss–Newton Hessian that jumped between rounds of a population fit (the
+        Laplace SD of its ``kabs`` switching between the prior's 0.8 and the data's
+        0.3 at θ ± 1e-4, which kept ω from settling) and an ill-defined Laplace
+        approximation.
         """
         names = self.prior.estimated
         bounds = {r["name"]: (r["lower"], r["upper"]) for r in param_info()}
