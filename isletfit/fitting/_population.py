@@ -176,21 +176,25 @@ def _solve_block(
     its iteration budget in this call (0 for an idle lane), its starting λ, and
     whether it continues a solve, with the blocks and predictions of the point it
     stopped at (`LevenbergMarquardt`'s ``start``: that point is not linearised again).
+    ``(max_iter, damping)`` alone starts every solve afresh.
     """
 
     def one(win, mu, g, loc, s, f, wt, lane):
         obj = HierarchicalObjective(
             windows=win, model=model, prior=prior, mu=mu, omega=omega
         )
-        carried, blocks, pred, ok = lane[2:]
-        scores = jnp.zeros((win.ts.shape[0], g.shape[0]), g.dtype)  # not used
+        start, carried = None, False  # a fresh solve
+        if len(lane) > 2:  # may continue a cut solve
+            carried, blocks, pred, ok = lane[2:]
+            scores = jnp.zeros((win.ts.shape[0], g.shape[0]), g.dtype)  # not used
+            start = (blocks, (pred, ok, scores))
         res = optimiser(
             lambda gg, ll: _linearise(obj, gg, ll, (s, f), wt),
             g,
             loc,
             max_iter=lane[0],
             damping=lane[1],
-            start=(blocks, (pred, ok, scores)),
+            start=start,
             carried=carried,
         )
         pred, ok = res.aux[0], res.aux[1]  # predicted CGM, solver success
