@@ -181,6 +181,11 @@ def test_soft_physiological_bounds_are_smooth_and_exact_inside(tmp_path):
     at_hi = np.argmin(np.abs(ts - np.log(hi)))
     assert 0.3 < rel[at_hi] < 0.7
     assert np.max(np.abs(np.diff(rel))) < 0.05
+    # the reported value (`FitResult.parameters`, numpy) is the one the model used
+    from isletfit.fitting._problem import soft_bounded
+
+    host = np.exp([soft_bounded("kabs", float(t)) for t in ts])
+    np.testing.assert_allclose(host, values, rtol=1e-12)
 
 
 def test_prepare_windows_cuts_days_pads_and_maps_study_days(tmp_path):

@@ -285,10 +285,15 @@ class LinearisedEMState(NamedTuple):
     Attributes:
         point: (μ, ω) of the next round, concatenated ``[2p]``.
         inner_rounds: EM rounds on the quadratic models so far (all rounds).
+        step: The last round's residual (its fixed point minus where it ran), NaN
+            before the first.
+        relax: The fraction of that residual the last round moved by [-].
     """
 
     point: np.ndarray
     inner_rounds: np.ndarray
+    step: np.ndarray
+    relax: np.ndarray
 
 
 class LinearisedEM(eqx.Module):
@@ -302,6 +307,14 @@ class LinearisedEM(eqx.Module):
     the other strategies, when a round's (μ, ω) is within the fit's tolerance of the
     point it ran at — then the linearisation is exact to that tolerance and the point
     is a fixed point of the Laplace-EM.
+
+    Where the rounds oscillate (a residual that reverses the last one: the quadratic
+    models overshoot, e.g. for a patient whose data pull a parameter against its
+    soft physiological bound, where Gauss–Newton misses the curvature of the bound),
+    the next point is under-relaxed: with r the ratio of the two residuals along the
+    last one, the map's rate there is λ = 1 + (r − 1)/α (α the last relaxation), and
+    the round moves by 1/(1 − λ) of its residual, which cancels a rate λ < 0 (a
+    secant step, as in Aitken's Δ²). A residual that does not reverse is taken whole.
 
     Jumping to each linearisation's fixed point passes the E-steps' own imprecision
     (each stops within the optimiser's tolerance) to μ and ω with the gain of the EM's
@@ -339,7 +352,13 @@ class LinearisedEM(eqx.Module):
 
     def init(self, mu, omega) -> LinearisedEMState:
         """The state before the first round, which runs at (``mu``, ``omega``)."""
-        return LinearisedEMState(point=_join(mu, omega), inner_rounds=np.asarray(0))
+        x = _join(mu, omega)
+        return LinearisedEMState(
+            point=x,
+            inner_rounds=np.asarray(0),
+            step=np.full(x.shape, np.nan),
+            relax=np.asarray(1.0),
+        )
 
     def update(
         self, state: LinearisedEMState, mapped, *, floor: float, inner_rounds: int = 0
@@ -352,10 +371,22 @@ class LinearisedEM(eqx.Module):
             floor: The smallest ω (unused: the M-step floors it).
             inner_rounds: Inner EM rounds the round took.
         """
-        del floor
+        del floor  # a convex combination of two floored points is floored
+        mapped = np.asarray(mapped, float)
+        step = mapped - state.point
+        last = np.asarray(state.step, float)
+        relax = 1.0
+        norm = float(last @ last) if np.all(np.isfinite(last)) else 0.0
+        if norm > 0 and float(step @ last) < 0:
+            ratio = float(step @ last) / norm
+            rate = 1.0 + (ratio - 1.0) / float(state.relax)
+            if rate < 0:
+                relax = 1.0 / (1.0 - rate)
         return LinearisedEMState(
-            point=np.asarray(mapped, float),
+            point=state.point + relax * step,
             inner_rounds=np.asarray(int(state.inner_rounds) + inner_rounds),
+            step=step,
+            relax=np.asarray(relax),
         )
 
     @staticmethod

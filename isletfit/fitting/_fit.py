@@ -23,7 +23,13 @@ from ._lm import (
     robust_covariance,
     schur_covariance,
 )
-from ._problem import Objective, PatientWindows, WindowInfo, prepare_windows
+from ._problem import (
+    Objective,
+    PatientWindows,
+    WindowInfo,
+    prepare_windows,
+    soft_bounded,
+)
 
 __all__ = ["FitResult", "fit_patient"]
 
@@ -265,16 +271,21 @@ class FitResult:
         )
 
     def parameters(self) -> pd.DataFrame:
-        """Estimated parameters with 95 % intervals (``name, value, unit, lower, upper``)."""
+        """Estimated parameters with 95 % intervals (``name, value, unit, lower, upper``).
+
+        The values the model used: exp(θ) held inside the physiological bounds
+        (`soft_bounded`, monotone, so the interval of θ maps onto the value's).
+        """
         units = {r["name"]: r["unit"] for r in param_info()}
         sd = np.sqrt(np.maximum(np.diag(self.cov)[: self.theta.size], 0.0))
+        value = lambda n, t: float(np.exp(soft_bounded(n, float(t))))  # noqa: E731
         rows = [
             {
                 "name": n,
-                "value": float(np.exp(t)),
+                "value": value(n, t),
                 "unit": units[n],
-                "lower": float(np.exp(t - _Z95 * s)),
-                "upper": float(np.exp(t + _Z95 * s)),
+                "lower": value(n, t - _Z95 * s),
+                "upper": value(n, t + _Z95 * s),
             }
             for n, t, s in zip(self.estimated, self.theta, sd, strict=True)
         ]

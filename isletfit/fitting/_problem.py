@@ -47,6 +47,24 @@ __all__ = ["Objective", "PatientWindows", "WindowInfo", "prepare_windows"]
 _BOUND_SHARPNESS = 5.0
 
 
+def soft_bounded(name: str, theta):
+    """θ' of `Objective.params_from`: log(``name``) held softly inside its bounds.
+
+    Monotone in θ, so an interval of θ maps to the interval of θ'. Works on numpy and
+    JAX values alike.
+
+    Args:
+        name: A `Params` field with bounds in `param_info`.
+        theta: Log of the value [log units].
+    """
+    row = next(r for r in param_info() if r["name"] == name)
+    lo, hi = np.log(max(row["lower"], 1e-12)), np.log(row["upper"])
+    k = _BOUND_SHARPNESS
+    xp = jnp if isinstance(theta, jax.Array) else np
+    soft = lambda x: xp.logaddexp(0.0, k * x) / k  # noqa: E731  (softplus)
+    return lo + soft(hi - soft(hi - theta) - lo)
+
+
 class PatientWindows(eqx.Module):
     """Device arrays of one patient's fit (windows padded to a bucket size).
 
@@ -471,13 +489,7 @@ class Objective(eqx.Module):
         approximation.
         """
         names = self.prior.estimated
-        bounds = {r["name"]: (r["lower"], r["upper"]) for r in param_info()}
-        k = _BOUND_SHARPNESS
-        soft = lambda x: jax.nn.softplus(k * x) / k  # noqa: E731
-        values = []
-        for i, n in enumerate(names):
-            lo, hi = np.log(max(bounds[n][0], 1e-12)), np.log(bounds[n][1])
-            values.append(jnp.exp(lo + soft(hi - soft(hi - theta[i]) - lo)))
+        values = [jnp.exp(soft_bounded(n, theta[i])) for i, n in enumerate(names)]
         return eqx.tree_at(
             lambda p: tuple(getattr(p, n) for n in names),
             self.model.params,
