@@ -347,18 +347,26 @@ def _iterate(strategy, fmap, x0, *, tol, floor=0.02, limit=500):
     raise AssertionError("no convergence")
 
 
+#: Fixed point (μ, ω) of the affine maps below.
+_FIXED = np.array([0.3, -1.0, 0.8, 0.5])
+
+
+def _on_affine_map(a, *strategies):
+    """Each strategy on x -> x* + a (x − x*) from one start: (fixed point, maps)."""
+    fmap = lambda x: _FIXED + a @ (x - _FIXED)  # noqa: E731
+    x0 = np.array([0.0, 0.0, 0.3, 0.3])
+    return [_iterate(em, fmap, x0, tol=1e-8) for em in strategies]
+
+
 def test_squarem_on_a_slow_linear_map():
     """A contraction with rate 0.95: SQUAREM needs a fraction of the EM's steps."""
     rng = np.random.default_rng(3)
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
-    a = q @ np.diag([0.95, 0.9, 0.5, 0.2]) @ q.T
-    fixed = np.array([0.3, -1.0, 0.8, 0.5])
-    fmap = lambda x: fixed + a @ (x - fixed)  # noqa: E731
-    x0 = np.array([0.0, 0.0, 0.3, 0.3])
-    plain, n_plain = _iterate(PlainEM(), fmap, x0, tol=1e-8)
-    fast, n_fast = _iterate(SquaremEM(), fmap, x0, tol=1e-8)
-    np.testing.assert_allclose(plain, fixed, atol=1e-6)
-    np.testing.assert_allclose(fast, fixed, atol=1e-6)
+    (plain, n_plain), (fast, n_fast) = _on_affine_map(
+        q @ np.diag([0.95, 0.9, 0.5, 0.2]) @ q.T, PlainEM(), SquaremEM()
+    )
+    np.testing.assert_allclose(plain, _FIXED, atol=1e-6)
+    np.testing.assert_allclose(fast, _FIXED, atol=1e-6)
     assert n_fast < n_plain / 3, (n_fast, n_plain)
     # an extrapolation to a negative omega falls back to the plain EM point x2
     state = SquaremEM(step_max0=8.0).init(np.zeros(1), np.array([1.0]))
@@ -385,13 +393,10 @@ def test_linearised_em_relaxes_an_oscillating_map():
     oscillates for 171 plain rounds; the relaxed ones cancel the rate (22 rounds),
     and a map without reversals is followed whole (the point is the map's value).
     """
-    a = np.diag([-0.9, 0.3, 0.0, 0.0])
-    fixed = np.array([0.3, -1.0, 0.8, 0.5])
-    fmap = lambda x: fixed + a @ (x - fixed)  # noqa: E731
-    x0 = np.array([0.0, 0.0, 0.3, 0.3])
-    _, n_plain = _iterate(PlainEM(), fmap, x0, tol=1e-8)
-    relaxed, n_relaxed = _iterate(LinearisedEM(), fmap, x0, tol=1e-8)
-    np.testing.assert_allclose(relaxed, fixed, atol=1e-7)
+    (_, n_plain), (relaxed, n_relaxed) = _on_affine_map(
+        np.diag([-0.9, 0.3, 0.0, 0.0]), PlainEM(), LinearisedEM()
+    )
+    np.testing.assert_allclose(relaxed, _FIXED, atol=1e-7)
     assert n_plain > 150 and n_relaxed < n_plain / 5, (n_plain, n_relaxed)  # 171, 22
     em = LinearisedEM()
     state = em.init(np.zeros(2), np.ones(2))
