@@ -28,6 +28,7 @@ test-gpu: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --quick
+	$(BIN)/python benchmarks/grid.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check isletfit tests examples benchmarks

@@ -2,7 +2,9 @@
 
 A synthetic transplant recipient (tests/fit_fixtures.py: known parameters and graft,
 8 mg/dL sensor noise) is fitted with `isletfit.fitting.fit_patient`: wall time of the
-first call (with compilation) and of a second call (compiled). In the same run:
+first call (with compilation) and of a second call (compiled), with the default
+fixed-grid windows (`FixedGrid`) and, as the baseline of that choice, the adaptive
+solver (``FitModel(grid=None)``; ``adaptive_*``). In the same run:
 
 - the baseline the issue names: the same model and objective written without JAX
   (benchmarks/scipy_baseline.py: numpy vector field, ``solve_ivp(LSODA)`` between
@@ -14,7 +16,7 @@ first call (with compilation) and of a second call (compiled). In the same run:
 - the optimiser comparison: Levenberg–Marquardt (isletfit's) against L-BFGS
   (optimistix, reverse-mode gradients) on the same objective from the same start.
 
-Run: ``python benchmarks/fit.py [--quick] [--json] [--skip-lbfgs]``. The full run
+Run: ``python benchmarks/fit.py [--quick] [--json] [--skip-lbfgs] [--only-fits]``. The full run
 takes tens of minutes on a 2-core CPU (the scipy baseline about 9, L-BFGS about 10);
 ``--quick`` uses 2 visits x 2 days and skips L-BFGS. The warm figure is the median of
 three fits with different starting jitter. Also timed: one Levenberg–Marquardt solve
@@ -147,6 +149,7 @@ def main() -> None:
     args = parse_args(
         __doc__.splitlines()[0],
         ("--skip-lbfgs", "leave out the L-BFGS comparison (about 10 minutes)"),
+        ("--only-fits", "only the fit_patient timings (default and adaptive)"),
     )
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}
     blocks = (
@@ -175,6 +178,29 @@ def main() -> None:
     figures["isletfit_iterations"] = res.iterations
     figures["windows"] = res.info.n_windows
     figures["readings"] = res.n_readings
+    # the same fits with the adaptive solver (`FitModel(grid=None)`), same process
+    adaptive = FitModel(grid=None)
+    start = time.perf_counter()
+    fit_patient(patient, key=jax.random.key(0), model=adaptive, **kw)
+    figures["adaptive_first_s"] = time.perf_counter() - start
+    warm = []
+    for k in (1, 2, 3):
+        start = time.perf_counter()
+        res_a = fit_patient(patient, key=jax.random.key(k), model=adaptive, **kw)
+        warm.append((time.perf_counter() - start, res_a))
+    warm.sort(key=lambda x: x[0])
+    figures["adaptive_warm_s"], res_a = warm[1]
+    figures["adaptive_iterations"] = res_a.iterations
+    figures["adaptive_rmse_mg_dl"] = res_a.rmse_mg_dl
+    figures["adaptive_over_grid_warm_ratio"] = (
+        figures["adaptive_warm_s"] / figures["isletfit_warm_s"]
+    )
+    figures["adaptive_minus_grid_max_abs_log_b"] = float(
+        np.max(np.abs(np.asarray(res_a.log_b) - np.asarray(res.log_b)))
+    )
+    if args.only_fits:
+        report(figures, as_json=args.json, title="isletfit fit of one patient")
+        return
 
     # ---- the same objective, one start, fixed noise: LM vs L-BFGS vs scipy
     # the objective of the baseline: daily effects on insulin sensitivity only, no

@@ -45,7 +45,18 @@ script measures on the machine it runs on (keys with units; ``--json``: one obje
 simulation), 2 visits × 1 day, forward simulation at 4 and 32 patients, no fits and no
 E-step probe (their compilation alone takes over a minute): under a minute.
 
-Run: ``python benchmarks/population.py [--quick] [--json] [--plain]``.
+``--fit-replicate N``: fit N copies of the simulated records (cycling through them,
+each copy with N(0, 1) mg/dL of its own added to its readings; truth from the original)
+instead of ``--fit-patients`` distinct ones — population fits at sizes whose cohort
+simulation would take longer than the fit.
+
+Every window (forward, E-steps, fits, baseline) is solved the library's default way,
+with the fused fixed-step loop (``FitModel(grid=FixedGrid())``, `simulate_grid`;
+``--grid`` says so explicitly); ``--adaptive`` uses the adaptive solver
+(``FitModel(grid=None)``, the default before 2026-11-27) instead. ``fixed_grid`` in the
+figures says which.
+
+Run: ``python benchmarks/population.py [--quick] [--json] [--plain] [--adaptive]``.
 """
 
 from __future__ import annotations
@@ -148,9 +159,12 @@ def _write_cohort(folder: Path, n: int, *, quick: bool, days: int) -> dict:
     )
 
     plan = VisitPlan(visit_days=VISITS, block_days=days, checkin_every_days=0)
-    cohort = simulate_cohort(
-        zimislecel_like(), n, key=jax.random.key(2024), visits=plan, chunk_size=n
-    )
+    # the records are made on the CPU also where a GPU is present (they are the
+    # benchmark's input, not what it measures; adaptive cohort solves are slow there)
+    with jax.default_device(jax.devices("cpu")[0]):
+        cohort = simulate_cohort(
+            zimislecel_like(), n, key=jax.random.key(2024), visits=plan, chunk_size=n
+        )
     paths = write_cohort(cohort, folder)
     return {
         "cgm": paths["cgm"],
@@ -180,16 +194,23 @@ def _first_days(patient, days: int):
 
 
 # ---------------------------------------------------------------------- the probes
+def _model():
+    """The fits' `FitModel`: the adaptive solver with ``--adaptive`` (probes inherit it)."""
+    from isletfit.fitting import FitModel
+
+    adaptive = os.environ.get("ISLETFIT_BENCH_ADAPTIVE") == "1"
+    return FitModel(grid=None) if adaptive else FitModel()
+
+
 def _replicated(cgm, sheet_path, n: int):
     """``n`` prepared patients: the records' windows, replicated with perturbed glucose.
 
     Every copy owns its arrays (as `n` independently prepared patients would).
     """
-    from isletfit.fitting import FitModel
     from isletfit.fitting._stacking import prepare_patient
 
     patients, sheet = _read(cgm, sheet_path)
-    model = FitModel()
+    model = _model()
     base = [prepare_patient(p, model=model, sheet=sheet)[0] for p in patients]
     base = [jax.tree.map(np.asarray, w) for w in base]
     rng = np.random.default_rng(0)
@@ -378,6 +399,11 @@ def _accuracy(results: dict, cohort, index: dict) -> dict:
     }
 
 
+def _progress(info, k: int, start: float) -> None:
+    seconds = time.perf_counter() - start
+    print(f"round {k}: change {info.change:.4g} at {seconds:.1f} s", file=sys.stderr)
+
+
 def _population_fit(
     patients, sheet, em, *, chunk: int, rounds: int, e_step_iterations=None
 ) -> tuple:
@@ -393,8 +419,9 @@ def _population_fit(
         max_rounds=rounds,
         chunk_size=chunk,
         em=em,
+        model=_model(),
         e_step_iterations=e_step_iterations or None,
-        on_round=infos.append,
+        on_round=lambda info: (infos.append(info), _progress(info, len(infos), start)),
     )
     return res, infos, time.perf_counter() - start
 
@@ -444,6 +471,12 @@ def main() -> None:
     parser.add_argument("--base-patients", type=int, default=None)
     parser.add_argument("--fit-patients", type=int, default=64)
     parser.add_argument("--fit-days", type=int, default=1)
+    parser.add_argument(
+        "--fit-replicate",
+        type=int,
+        default=0,
+        help="fit this many patients: copies of the records with their own noise",
+    )
     parser.add_argument("--max-rounds", type=int, default=60)
     parser.add_argument("--baseline-patients", type=int, default=4)
     parser.add_argument(
@@ -452,8 +485,27 @@ def main() -> None:
         default=150.0,
         help="seconds of forward simulation per size (0: all chunks)",
     )
+    parser.add_argument(
+        "--forward-only",
+        action="store_true",
+        help="only the forward simulation (no E-step probe, no fits)",
+    )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="the fixed-grid windows (FixedGrid; the default, kept for old commands)",
+    )
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="solve the windows with the adaptive solver (FitModel(grid=None))",
+    )
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.adaptive and args.grid:
+        parser.error("--grid and --adaptive exclude each other")
+    if args.adaptive:
+        os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
     _x64()
     if args.probe:
         kind, *rest = args.probe
@@ -476,6 +528,7 @@ def main() -> None:
     n_base = args.base_patients or (4 if quick else args.fit_patients)
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}
     figures.update(
+        fixed_grid=not args.adaptive,
         visits=2 if quick else len(VISITS),
         days_per_visit=1 if quick else 14,
         chunk_size=args.chunk_size,
@@ -496,7 +549,9 @@ def main() -> None:
                 args.forward_budget_s,
             )
             figures.update({f"forward_{n}_{k}": v for k, v in out.items()})
-        if not quick and args.skip_forward:
+        if args.forward_only:
+            pass
+        elif not quick and args.skip_forward:
             _fits(figures, files, args)
         elif not quick:
             out = _in_process("estep", files["cgm"], files["patients"], args.chunk_size)
@@ -507,6 +562,30 @@ def main() -> None:
     report(figures, as_json=args.json, title="isletfit population fit at scale")
 
 
+def _replicated_patients(patients, sheet, index: dict, n: int):
+    """``n`` records cycling through ``patients``, each copy with its own readings.
+
+    Exact readings get N(0, 1) mg/dL added, so that no two copies are identical; a
+    copy's truth (``index``) is its original's.
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = sheet.set_index("patient_id")
+    out, sheet_rows = [], []
+    for k in range(n):
+        p = patients[k % len(patients)]
+        pid = f"{p.patient_id}_r{k}"
+        cgm = p.cgm
+        noise = rng.normal(0.0, 1.0, cgm.glucose_mg_dl.shape)
+        glucose = cgm.glucose_mg_dl + np.where(cgm.censored == 0, noise, 0.0)
+        cgm = dataclasses.replace(cgm, glucose_mg_dl=glucose)
+        out.append(dataclasses.replace(p, patient_id=pid, cgm=cgm))
+        sheet_rows.append({**rows.loc[p.patient_id].to_dict(), "patient_id": pid})
+        index[pid] = index[p.patient_id]
+    return out, pd.DataFrame(sheet_rows), index
+
+
 def _fits(figures: dict, files: dict, args) -> None:
     """The population fit (SQUAREM, and plain EM), the baseline, extrapolations."""
     from isletfit.fitting import LinearisedEM, PlainEM, SquaremEM, fit_patient
@@ -514,7 +593,11 @@ def _fits(figures: dict, files: dict, args) -> None:
     patients, sheet = _read(files["cgm"], files["patients"])
     cohort = files["cohort"]
     index = {pid: i for i, pid in enumerate(cohort.patient_id)}
-    n = min(args.fit_patients, len(patients))
+    if args.fit_replicate:
+        patients, sheet, index = _replicated_patients(
+            patients, sheet, index, args.fit_replicate
+        )
+    n = args.fit_replicate or min(args.fit_patients, len(patients))
     patients = [_first_days(p, args.fit_days) for p in patients[:n]]
     windows = len(VISITS) * args.fit_days
     patient_days = n * windows
@@ -587,6 +670,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             transplant_date=row["transplant_date"],
             starts=1,
             key=key,
+            model=_model(),
         )
         times.append(time.perf_counter() - start)
     warm = float(np.mean(times[1:] or times))

@@ -392,6 +392,12 @@ def _add_fit(sub) -> None:
         action="store_true",
         help="estimate unannounced meals (for records without complete meal logs)",
     )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="integrate the day-windows with the adaptive solver instead of the fixed "
+        "grid (slower; for B above ~1.7, where the grid's steps are unstable)",
+    )
     p.add_argument("--starts", type=int, default=2, help="starting points per patient")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting points")
     p.add_argument(
@@ -588,13 +594,17 @@ def _run_fit(args) -> int:
     import jax
 
     from .data import read_labs, read_many, read_patients
-    from .fitting import FitModel, LatentMeals
+    from .fitting import FitModel, LatentMeals, LoggedMeals
+    from .model import FixedGrid
 
     console = Console(soft_wrap=True, quiet=not main_process)
     sheet = read_patients(args.patients) if args.patients else None
     labs = read_labs(args.labs, patients=sheet) if args.labs else None
     patients = read_many(args.data, format=args.format, tz=args.tz)
-    model = FitModel(meals=LatentMeals()) if args.latent_meals else FitModel()
+    model = FitModel(
+        meals=LatentMeals() if args.latent_meals else LoggedMeals(),
+        grid=None if args.adaptive else FixedGrid(),
+    )
     if args.population:
         results = _fit_population_run(
             patients,

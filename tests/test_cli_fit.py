@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from isletfit._cli import main
 
@@ -81,3 +83,25 @@ def test_fit_command_writes_outputs_and_isolates_a_failure(tmp_path, capsys):
 def test_report_of_a_non_fit_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "summary.csv" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_command_with_the_adaptive_solver_agrees(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    synthetic_patient(data / "p01.csv", seed=2, blocks=((-5, 2), (60, 2)))
+    (tmp_path / "patients.csv").write_text(
+        "patient_id,weight_kg,transplant_date\np01,70,2025-01-01\n"
+    )
+    bands = {}
+    for flag in ([], ["--adaptive"]):
+        out = tmp_path / ("adaptive" if flag else "grid")
+        args = ["fit", str(data), "--patients", str(tmp_path / "patients.csv")]
+        assert main([*args, "--out", str(out), "--starts", "1", *flag]) == 0
+        bands[bool(flag)] = pd.read_csv(out / "p01" / "graft_function.csv")
+    grid, adaptive = bands[False], bands[True]
+    assert np.allclose(
+        np.log(grid.estimate.clip(1e-9)),
+        np.log(adaptive.estimate.clip(1e-9)),
+        atol=0.02,
+    )

@@ -27,17 +27,23 @@ def _batch(n):
     return params, day, b
 
 
+def _on_both(run, *args):
+    """``run(*args)`` on the GPU and on the CPU, as numpy (the GPU's checked finite)."""
+    out = [
+        np.asarray(run(*jax.device_put(args, jax.devices(kind)[0])))
+        for kind in ("gpu", "cpu")
+    ]
+    assert np.all(np.isfinite(out[0]))
+    return out
+
+
 def test_vmapped_simulation_on_gpu_matches_cpu():
     params, day, b = _batch(64)
     ts = jnp.arange(0.0, 1441.0, 5.0)
     run = jax.jit(
         jax.vmap(lambda p, bb: simulate(p, day, ts, b=bb).cgm, in_axes=(0, 0))
     )
-    gpu = jax.devices("gpu")[0]
-    cpu = jax.devices("cpu")[0]
-    on_gpu = np.asarray(run(*jax.device_put((params, b), gpu)))
-    on_cpu = np.asarray(run(*jax.device_put((params, b), cpu)))
-    assert np.all(np.isfinite(on_gpu))
+    on_gpu, on_cpu = _on_both(run, params, b)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-6, atol=1e-6)
 
 
@@ -75,3 +81,18 @@ def test_patient_fit_on_gpu_matches_cpu(tmp_path):
     assert g.converged and c.converged
     np.testing.assert_allclose(g.log_b, c.log_b, atol=1e-3)
     np.testing.assert_allclose(g.theta, c.theta, atol=1e-3)
+
+
+def test_fixed_grid_simulation_on_gpu_matches_cpu():
+    from isletfit.model import simulate_grid
+
+    params, day, b = _batch(256)
+    ts = jnp.arange(0.0, 1441.0, 5.0)
+    run = jax.jit(
+        jax.vmap(
+            lambda p, bb: simulate_grid(p, day, ts, b=bb, substeps=4).cgm,
+            in_axes=(0, 0),
+        )
+    )
+    on_gpu, on_cpu = _on_both(run, params, b)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-9, atol=1e-9)

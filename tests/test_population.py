@@ -569,7 +569,7 @@ def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
         key=jax.random.key(SEED),
         starts=1,
         tol=1e-3,
-        model=FitModel(rtol=1e-7),
+        model=FitModel(rtol=1e-7, grid=None),
         optimiser=LevenbergMarquardt(atol=1e-7, rtol=1e-13),
         e_step_iterations=None,  # complete E-steps: the strategies' own rates
         tol_se=0.0,  # on the same absolute tolerance (with 0.05 SE both stop at 7)

@@ -32,6 +32,7 @@ from ..model import (
     Params,
     param_info,
     simulate,
+    simulate_grid,
     stable_step,
     steady_state_at_glucose,
     steady_state_glucose,
@@ -551,6 +552,20 @@ class Objective(eqx.Module):
         basal0 = inputs.basal_rate(t0)
         g_start = steady_state_glucose(params, b=b, basal=basal0) * jnp.exp(loc[0])
         y0 = steady_state_at_glucose(params, g_start, b=b, basal=basal0)
+        grid = self.model.grid
+        if grid is not None:  # one fused fixed-step loop (see `simulate_grid`)
+            sim = simulate_grid(
+                params,
+                inputs,
+                win.ts[w],
+                b=b,
+                y0=y0,
+                t0=t0,
+                grid=grid,
+                substeps=grid.steps_for(self.model.step_min),
+                warmup_steps=grid.steps_for(self.model.warmup_min),
+            )
+            return sim.cgm, sim.successful
         # the step bound keeps forward-mode tangents stable (see `stable_step`)
         controller = dfx.PIDController(
             rtol=self.model.rtol, atol=self.model.rtol, dtmax=stable_step(params, b)

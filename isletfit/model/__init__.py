@@ -3,7 +3,8 @@
 Fast subsystem (minutes): meal absorption, subcutaneous insulin, insulin kinetics with
 portal graft secretion and hepatic extraction, insulin action, glucose with production,
 utilisation, renal excretion and counter-regulation, interstitial (CGM) glucose
-(`Params`, `State`, `Inputs`, `vector_field`, `simulate`, `steady_state`).
+(`Params`, `State`, `Inputs`, `vector_field`, `simulate`, `steady_state`);
+`simulate_grid` integrates it with fixed steps in one fused loop (`FixedGrid`).
 
 Slow subsystem (days): graft functional capacity B(t) (`MechanisticGraft`,
 `FlexibleGraft`), with the Topp (2000) beta-cell model as its reference configuration
@@ -19,6 +20,9 @@ from ._graft import FastModelGlucose as FastModelGlucose
 from ._graft import FlexibleGraft as FlexibleGraft
 from ._graft import MechanisticGraft as MechanisticGraft
 from ._graft import ToppGlucose as ToppGlucose
+from ._grid import FixedGrid as FixedGrid
+from ._grid import real_stability_limit as real_stability_limit
+from ._grid import simulate_grid as simulate_grid
 from ._inputs import PMOL_PER_U as PMOL_PER_U
 from ._inputs import Inputs as Inputs
 from ._inputs import Schedule as Schedule
@@ -47,6 +51,7 @@ __all__ = [
     "AbstractGlucoseFeedback",
     "AbstractGraft",
     "FastModelGlucose",
+    "FixedGrid",
     "FlexibleGraft",
     "FrozenStepsController",
     "Inputs",
@@ -63,8 +68,10 @@ __all__ = [
     "fixed_step_controller",
     "fluxes",
     "param_info",
+    "real_stability_limit",
     "simulate",
     "simulate_followup",
+    "simulate_grid",
     "stable_step",
     "stack_params",
     "steady_state",

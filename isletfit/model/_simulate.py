@@ -180,6 +180,17 @@ def _observed(t, ytilde: State, args):
     return ytilde.gp, ytilde.gs, ytilde.ip
 
 
+def with_doses(ytilde: State, meal, bolus) -> State:
+    """The state y from the shifted state y~ (see `_shifted_field`).
+
+    Adds the meal [mg/kg] to the stomach and the bolus [pmol/kg] to the first
+    subcutaneous compartment.
+    """
+    return eqx.tree_at(
+        lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
+    )
+
+
 def _shifted_field(t, ytilde: State, args):
     """Vector field of the shifted state y~ = y - (doses given in [t0, t]).
 
@@ -189,10 +200,7 @@ def _shifted_field(t, ytilde: State, args):
     """
     params, schedule, b = args
     meal, bolus = schedule.doses(t)
-    y = eqx.tree_at(
-        lambda s: (s.qsto1, s.isc1), ytilde, (ytilde.qsto1 + meal, ytilde.isc1 + bolus)
-    )
-    return vector_field(t, y, (params, schedule, b))
+    return vector_field(t, with_doses(ytilde, meal, bolus), (params, schedule, b))
 
 
 def simulate(
@@ -285,12 +293,7 @@ def simulate(
     )
     if save_state:
         meal, bolus = jax.vmap(schedule.doses)(ts)
-        ytilde = sol.ys
-        state = eqx.tree_at(
-            lambda s: (s.qsto1, s.isc1),
-            ytilde,
-            (ytilde.qsto1 + meal, ytilde.isc1 + bolus),
-        )
+        state = with_doses(sol.ys, meal, bolus)
         gp, gs, ip = state.gp, state.gs, state.ip
     else:
         state = None
