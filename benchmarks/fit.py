@@ -145,6 +145,24 @@ def rmse_of(problem, x) -> float:
     return float(np.sqrt(np.mean(err**2)))
 
 
+def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object]:
+    """First fit [s] (key 0), three warm fits [s] sorted, and the median warm result.
+
+    The warm figure is a median because the starting jitter differs between keys,
+    and with it the number of iterations.
+    """
+    start = time.perf_counter()
+    fit_patient(patient, key=jax.random.key(0), model=model, **kw)
+    first = time.perf_counter() - start
+    warm = []
+    for k in (1, 2, 3):
+        start = time.perf_counter()
+        res = fit_patient(patient, key=jax.random.key(k), model=model, **kw)
+        warm.append((time.perf_counter() - start, res))
+    warm.sort(key=lambda x: x[0])
+    return first, [t for t, _ in warm], warm[1][1]
+
+
 def main() -> None:
     args = parse_args(
         __doc__.splitlines()[0],
@@ -160,36 +178,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         patient, _ = synthetic_patient(Path(tmp) / "p.csv", seed=1, blocks=blocks)
     kw = dict(weight_kg=70.0, transplant_date=REFERENCE)
-    start = time.perf_counter()
-    res = fit_patient(patient, key=jax.random.key(0), **kw)
-    figures["isletfit_cold_s"] = time.perf_counter() - start
-    # warm: the median of three fits (their starting jitter differs, and with it the
-    # number of iterations)
-    warm = []
-    for k in (1, 2, 3):
-        start = time.perf_counter()
-        res = fit_patient(patient, key=jax.random.key(k), **kw)
-        warm.append((time.perf_counter() - start, res))
-    warm.sort(key=lambda x: x[0])
-    figures["isletfit_warm_s"], res = warm[1]
-    figures["isletfit_warm_min_s"] = warm[0][0]
-    figures["isletfit_warm_max_s"] = warm[2][0]
+    cold, warm, res = _cold_and_warm(patient, FitModel(), kw)
+    figures["isletfit_cold_s"] = cold
+    figures["isletfit_warm_min_s"], figures["isletfit_warm_s"] = warm[0], warm[1]
+    figures["isletfit_warm_max_s"] = warm[2]
     figures["isletfit_rmse_mg_dl"] = res.rmse_mg_dl
     figures["isletfit_iterations"] = res.iterations
     figures["windows"] = res.info.n_windows
     figures["readings"] = res.n_readings
     # the same fits with the adaptive solver (`FitModel(grid=None)`), same process
-    adaptive = FitModel(grid=None)
-    start = time.perf_counter()
-    fit_patient(patient, key=jax.random.key(0), model=adaptive, **kw)
-    figures["adaptive_first_s"] = time.perf_counter() - start
-    warm = []
-    for k in (1, 2, 3):
-        start = time.perf_counter()
-        res_a = fit_patient(patient, key=jax.random.key(k), model=adaptive, **kw)
-        warm.append((time.perf_counter() - start, res_a))
-    warm.sort(key=lambda x: x[0])
-    figures["adaptive_warm_s"], res_a = warm[1]
+    first, warm_a, res_a = _cold_and_warm(patient, FitModel(grid=None), kw)
+    figures["adaptive_first_s"], figures["adaptive_warm_s"] = first, warm_a[1]
     figures["adaptive_iterations"] = res_a.iterations
     figures["adaptive_rmse_mg_dl"] = res_a.rmse_mg_dl
     figures["adaptive_over_grid_warm_ratio"] = (

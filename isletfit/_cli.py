@@ -595,7 +595,6 @@ def _run_fit(args) -> int:
 
     from .data import read_labs, read_many, read_patients
     from .fitting import FitModel, LatentMeals, LoggedMeals
-    from .model import FixedGrid
 
     console = Console(soft_wrap=True, quiet=not main_process)
     sheet = read_patients(args.patients) if args.patients else None
@@ -603,7 +602,7 @@ def _run_fit(args) -> int:
     patients = read_many(args.data, format=args.format, tz=args.tz)
     model = FitModel(
         meals=LatentMeals() if args.latent_meals else LoggedMeals(),
-        grid=None if args.adaptive else FixedGrid(),
+        **({"grid": None} if args.adaptive else {}),  # else the library's default grid
     )
     if args.population:
         results = _fit_population_run(
