@@ -10,6 +10,10 @@ meal/bolus record, for whole 1-day and 14-day windows. Variants:
 - ``grid_u8``: the same with ``unroll=8`` (8 steps per loop iteration; only when
   named in ``--variants``: on the CPU it compiled for 58 s and ran 4× slower);
 - ``grid_tsit5``: Tsit5 with 3 steps per 5 minutes, float64;
+- ``grid_rk35``: `StabilisedRK35` (third order, 5 stages, real stability interval
+  10.5) with one 5-min step per CGM interval, float64 (a quarter of the steps);
+- ``grid_rk34``: `StabilisedRK34` (4 stages, interval 6.0) with 2.5-min steps;
+- ``grid_bosh3``: the default grid written out (for ``--variants`` lists);
 
 and, in the same process and on the same patients (the first ``--baseline-n`` of the
 first size):
@@ -44,7 +48,13 @@ jax.config.update("jax_enable_x64", True)
 
 from simulate import cohort, isletfit_runner, naive_runner  # noqa: E402
 
-from isletfit.model import FixedGrid, simulate, simulate_grid  # noqa: E402
+from isletfit.model import (  # noqa: E402
+    FixedGrid,
+    StabilisedRK34,
+    StabilisedRK35,
+    simulate,
+    simulate_grid,
+)
 
 
 def population(n: int, days: int, seed: int = 1):
@@ -118,12 +128,16 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="patients, e.g. 64,1024")
     parser.add_argument("--days", default=None, help="window lengths, e.g. 1,14")
     parser.add_argument(
-        "--baseline-n", type=int, default=64, help="patients for lean and naive"
+        "--baseline-n",
+        type=int,
+        default=64,
+        help="patients for lean and naive (0: no baselines)",
     )
     parser.add_argument(
         "--variants",
         default=None,
-        help="comma-separated (default grid,grid_f32,grid_tsit5; --quick grid,grid_f32)",
+        help="comma-separated (default grid,grid_f32,grid_tsit5,grid_rk35; --quick "
+        "grid,grid_f32,grid_rk35)",
     )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
@@ -136,9 +150,14 @@ def main() -> None:
         "grid_f32": (FixedGrid(), jnp.float32),
         "grid_u8": (FixedGrid(unroll=8), jnp.float64),
         "grid_tsit5": (FixedGrid(max_step=5.0 / 3.0, solver=dfx.Tsit5()), jnp.float64),
+        "grid_bosh3": (FixedGrid(max_step=1.25, solver=dfx.Bosh3()), jnp.float64),
+        "grid_rk34": (FixedGrid(max_step=2.5, solver=StabilisedRK34()), jnp.float64),
+        "grid_rk35": (FixedGrid(max_step=5.0, solver=StabilisedRK35()), jnp.float64),
     }
     names = args.variants or (
-        "grid,grid_f32" if args.quick else "grid,grid_f32,grid_tsit5"
+        "grid,grid_f32,grid_rk35"
+        if args.quick
+        else "grid,grid_f32,grid_tsit5,grid_rk35"
     )
     variants = {k: all_variants[k] for k in names.split(",")}
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}
@@ -168,7 +187,7 @@ def main() -> None:
                     f"{name} {tag}: {n * days / best:,.0f} patient-days/s",
                     file=sys.stderr,
                 )
-            if n != sizes[0]:  # the baselines once per window length
+            if n != sizes[0] or args.baseline_n < 1:  # baselines once per length
                 continue
             m = min(n, args.baseline_n)
             few = (*jax.tree.map(lambda x, m=m: x[:m], data[:3]), data[3])

@@ -129,6 +129,19 @@ def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
 
 
 @eqx.filter_jit
+def _covariance(obj: Objective, best: LMResult) -> Array:
+    """Covariance of the global unknowns at the optimum (one compiled program).
+
+    Laplace (`schur_covariance`), or widened by the windows' score scatter
+    (`robust_covariance`) when ``FitModel.robust_band``.
+    """
+    if not obj.model.robust_band:
+        return schur_covariance(best.blocks)
+    j0 = jax.jacfwd(obj.global_residual)(best.g)
+    return robust_covariance(best.blocks, best.aux[2], j0.T @ j0, obj.windows.valid)
+
+
+@eqx.filter_jit
 def _solve(
     obj: Objective, optimiser: LevenbergMarquardt, g0, l0, noise, weights, max_iter
 ) -> LMResult:
@@ -431,7 +444,11 @@ def fit_patient(
     # previous one is skipped: it would move the optimum by a small fraction of its
     # standard error.
     rounds = 3 if isinstance(model.noise, StudentTNoise) else 2
-    use = np.asarray(windows.mask & (windows.censor == 0) & windows.valid[:, None])
+    use = (
+        np.asarray(windows.mask)
+        & (np.asarray(windows.censor) == 0)
+        & np.asarray(windows.valid)[:, None]
+    )
     for round_ in range(rounds):
         resid = np.asarray(best.aux[0] - windows.obs)
         previous = noise
@@ -453,14 +470,8 @@ def fit_patient(
             best = res
 
     g = best.g
-    pred, ok, scores = best.aux
-    if model.robust_band:
-        j0 = jax.jacfwd(obj.global_residual)(g)
-        cov = np.asarray(
-            robust_covariance(best.blocks, scores, j0.T @ j0, windows.valid)
-        )
-    else:
-        cov = np.asarray(schur_covariance(best.blocks))
+    pred, ok, _ = best.aux
+    cov = np.asarray(_covariance(obj, best))
     return assemble_result(
         obj,
         info,

@@ -37,6 +37,8 @@ from ._simulate import default_controller as default_controller
 from ._simulate import fixed_step_controller as fixed_step_controller
 from ._simulate import simulate as simulate
 from ._simulate import stable_step as stable_step
+from ._stabilised import StabilisedRK34 as StabilisedRK34
+from ._stabilised import StabilisedRK35 as StabilisedRK35
 from ._state import State as State
 from ._steady_state import basal_for_fasting_glucose as basal_for_fasting_glucose
 from ._steady_state import steady_state as steady_state
@@ -59,6 +61,8 @@ __all__ = [
     "Params",
     "Schedule",
     "Simulation",
+    "StabilisedRK34",
+    "StabilisedRK35",
     "State",
     "ToppGlucose",
     "ToppParams",
