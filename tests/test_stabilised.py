@@ -17,22 +17,19 @@ from isletfit.model import (
     simulate_grid,
     stable_step,
 )
+from isletfit.model._grid import butcher_arrays
 
 METHODS = [(StabilisedRK34, 6.027), (StabilisedRK35, 10.535)]
 
 
-def _matrices(tableau):
-    b = np.asarray(tableau.b_sol)
-    s = b.shape[0]
-    a = np.zeros((s, s))
-    for i, row in enumerate(tableau.a_lower):
-        a[i + 1, : len(row)] = row
-    return a, b, a.sum(axis=1)
+#: one step per 5-min CGM interval
+RK35_GRID = FixedGrid(max_step=5.0, solver=StabilisedRK35())
 
 
 @pytest.mark.parametrize("method, beta", METHODS)
 def test_order_conditions_and_stability_interval(method, beta):
-    a, b, c = _matrices(method.tableau)
+    a, b = butcher_arrays(method.tableau)
+    c = a.sum(axis=1)
     # the four conditions of order 3 (Butcher trees up to order 3)
     np.testing.assert_allclose(
         [b.sum(), b @ c, b @ c**2, b @ a @ c], [1.0, 1 / 2, 1 / 3, 1 / 6], atol=1e-12
@@ -81,8 +78,7 @@ def test_one_step_per_cgm_interval_matches_a_tight_solve(b):
     ref = simulate(
         params, inputs, TS, b=b, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
     )
-    grid = FixedGrid(max_step=5.0, solver=StabilisedRK35())
-    sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=grid)
+    sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=RK35_GRID)
     assert bool(sim.successful)
     # CGM readings are whole mg/dL with ~8 mg/dL sensor noise
     np.testing.assert_allclose(sim.cgm, ref.cgm, atol=0.4)
@@ -93,12 +89,11 @@ def test_one_step_per_cgm_interval_matches_a_tight_solve(b):
 
 def test_steps_beyond_the_stability_interval_are_reported():
     params, inputs = Params(), _inputs()
-    grid = FixedGrid(max_step=5.0, solver=StabilisedRK35())
-    limit = grid.max_h_lambda / 5.0  # largest λ_max [1/min] these steps allow
+    limit = RK35_GRID.max_h_lambda / 5.0  # largest λ_max [1/min] these steps allow
     for b, stable in ((1.5, True), (3.0, False)):
         lam = 1.0 / float(stable_step(params, b, factor=1.0))
         assert (lam <= limit) == stable
-        sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=grid)
+        sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=RK35_GRID)
         assert bool(sim.successful) == stable
 
 
@@ -124,7 +119,6 @@ def test_adaptive_use_with_diffrax():
 def test_derivatives_through_the_long_steps_match_finite_differences():
     """Forward-mode tangents (what fits use) are as stable as the solution."""
     params, inputs = Params(), _inputs()
-    grid = FixedGrid(max_step=5.0, solver=StabilisedRK35())
 
     @jax.jit
     def cgm_sum(log_b):
@@ -134,7 +128,7 @@ def test_derivatives_through_the_long_steps_match_finite_differences():
             TS,
             b=jnp.exp(log_b),
             t0=T0,
-            grid=grid,
+            grid=RK35_GRID,
             substeps=1,
             warmup_steps=96,
         )

@@ -50,6 +50,15 @@ from ._steady_state import steady_state
 __all__ = ["FixedGrid", "real_stability_limit", "simulate_grid"]
 
 
+def butcher_arrays(tableau: dfx.ButcherTableau) -> tuple[np.ndarray, np.ndarray]:
+    """The full ``[s, s]`` matrix A (zero on and above the diagonal) and weights b."""
+    b = np.asarray(tableau.b_sol, dtype=float)
+    a = np.zeros((b.shape[0], b.shape[0]))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : len(row)] = np.asarray(row, dtype=float)
+    return a, b
+
+
 def real_stability_limit(tableau: dfx.ButcherTableau) -> float:
     r"""Where an explicit Runge–Kutta method's stability region ends on the real axis.
 
@@ -58,11 +67,8 @@ def real_stability_limit(tableau: dfx.ButcherTableau) -> float:
     (Hairer and Wanner 1996, IV.2): 2.0 for the two-stage second-order methods, 2.51
     for Bosh3, 3.31 for Dopri5, 3.51 for Tsit5.
     """
-    b = np.asarray(tableau.b_sol, dtype=float)
+    a, b = butcher_arrays(tableau)
     s = b.shape[0]
-    a = np.zeros((s, s))
-    for i, row in enumerate(tableau.a_lower):
-        a[i + 1, : len(row)] = np.asarray(row, dtype=float)
     # explicit: A is nilpotent, so R(z) = 1 + sum_k z^k b^T A^(k-1) 1 is a polynomial
     coef, v = [1.0], np.ones(s)
     for _ in range(s):
