@@ -618,6 +618,8 @@ def _fits(figures: dict, files: dict, args) -> None:
     figures["population_e_step_iterations"] = args.e_step_iterations
     figures.update(_fit_figures("population", res, infos, seconds, patient_days))
     figures["population_changes"] = [round(r.change, 5) for r in infos]
+    figures["population_cut"] = [r.cut for r in infos]
+    figures["population_complete_rounds"] = [r.round for r in infos if r.complete]
     figures["population_changes_in_se"] = [round(r.change_se, 4) for r in infos]
     for name, value in _accuracy(res.results, cohort, index).items():
         figures[f"population_{name}"] = value

@@ -29,7 +29,7 @@ settled, as `fit_patient` does after its screening. Where each round runs is the
 quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
 E-steps are incomplete (each solve runs a few iterations per round and goes on in the
 next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
-1998). With ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the
+1998) until the population has settled; then the solves run to their end. With ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the
 M-step regresses the EBEs on the covariates (``isletfit/fitting/_covariates.py``).
 
 **Memory.** The patients' arrays are stacked on the host (numpy); an E-step moves
@@ -103,7 +103,7 @@ from ._em import (
     SquaremEM,
     SquaremState,
 )
-from ._fit import _Z95, FitResult, _linearise, assemble_result
+from ._fit import _Z95, FitResult, _linearise, assemble_result, band_covariance
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
 from ._problem import Objective, WindowInfo
 from ._stacking import (
@@ -162,6 +162,7 @@ class _Solved(eqx.Module):
     pred: Array
     ok: Array
     blocks: Blocks
+    scores: Array  # the windows' data scores (for the robust band)
     iterations: Array
     converged: Array
     stopped: Array
@@ -207,6 +208,7 @@ def _solve_block(
             pred=pred,
             ok=ok,
             blocks=res.blocks,
+            scores=res.aux[2],
             iterations=res.iterations,
             converged=res.converged,
             stopped=res.stopped,
@@ -328,6 +330,8 @@ class RoundInfo:
             stop while any was cut.
         change_se: Largest change of μ, β or ω in units of its standard error (NaN
             where the round computes none).
+        complete: Whether the round's E-step ran every solve to its end (complete
+            E-steps, or incomplete ones after the population had settled).
     """
 
     round: int
@@ -340,6 +344,7 @@ class RoundInfo:
     extrapolated: bool = False
     cut: int = 0
     change_se: float = float("nan")
+    complete: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +369,11 @@ class PopulationResult:
             fit), in input order.
         theta: EBEs of log(field) per patient ``[n, p]`` (NaN where the fit failed).
         theta_sd: Laplace posterior SD of theta ``[n, p]``.
+        theta_cov: Laplace posterior covariance of theta ``[n, p, p]`` (NaN where
+            the fit failed): what the standard errors and the M-step use. The
+            `results`' covariances (bands) are `fit_patient`'s, widened where the
+            day-windows scatter more than the noise model says
+            (``FitModel.robust_band``).
         results: Patient id -> `FitResult` (MAP under the population prior) of each
             patient fitted.
         failures: Patient id -> why it is not fitted (bad record, model not
@@ -418,6 +428,7 @@ class PopulationResult:
     covariate_values: np.ndarray | None = None
     beta: np.ndarray | None = None
     beta_se: np.ndarray | None = None
+    theta_cov: np.ndarray | None = None
 
     def centres(self) -> np.ndarray:
         """Each patient's typical log(field), μ + β·log(x_i/x̃) ``[n, p]``."""
@@ -661,6 +672,8 @@ class _State:
     damping: np.ndarray  # each patient's LM damping where its last solve stopped
     history_mu: np.ndarray
     history_omega: np.ndarray
+    # incomplete E-steps: the population has settled, so each solve runs to its end
+    complete: bool = False
     # the blocks where the cut solves stopped (not in the checkpoint: a resumed solve
     # linearises its starting point again, which gives the same blocks)
     carried: _Carried | None = None
@@ -845,6 +858,7 @@ def _load_checkpoint(path, engine: _Engine, patient_id, em) -> _State:
         if f.name not in ("em", "weights", "carried")
     }
     values["round"] = int(values["round"])
+    values["complete"] = bool(data.get("complete", False))
     values["done"] = bool(values["done"])
     values["e_steps"] = int(values["e_steps"])
     values["em"] = type(template)(**{k: data[f"em_{k}"] for k in template._fields})
@@ -1323,9 +1337,12 @@ class _Engine:
         iterations in the round and goes on in the next one from where it stopped
         (its point and damping), under the updated prior; the fit is done only when
         the population has settled *and* every solve of the round ended by its own
-        stopping rule. A μ, β or ω has settled when it moved by less than ``tol`` or
-        than ``tol_se`` times its standard error (from this round's Laplace
-        covariances; `LinearisedEM` computes none, so ``tol`` alone there).
+        stopping rule. Once the population has settled in a round with cut solves,
+        the following rounds run every solve to its end (``state.complete``), and
+        the fit is done at the first of them in which the population settles. A μ,
+        β or ω has settled when it moved by less than ``tol`` or than ``tol_se``
+        times its standard error (from this round's Laplace covariances;
+        `LinearisedEM` computes none, so ``tol`` alone there).
 
         Returns:
             ``(new state, change of μ, β and ω, the largest change in units of its
@@ -1348,7 +1365,8 @@ class _Engine:
         ok_all = np.zeros(m, bool)
         settled = np.ones(m, bool)  # solves that ended by their own stopping rule
         iterations = state.iterations.copy()
-        partial = self.e_step_iterations is not None
+        incomplete = self.e_step_iterations is not None  # solves may go on
+        partial = incomplete and not state.complete  # this round's are cut
         damping = state.damping.copy()
 
         # a cut solve goes on in the next round from the blocks where it stopped: its
@@ -1359,7 +1377,7 @@ class _Engine:
         if carried is not None:
             carried = carried.under(state.g[:, :p], centre_x, omega_x)
         keep = None
-        carrying = partial and not linearised and self.carry_fits()
+        carrying = incomplete and not linearised and self.carry_fits()
         if carrying and carried is None:
             keep = self.no_carry(m)
         elif carrying:
@@ -1397,7 +1415,7 @@ class _Engine:
             before,
             cap,
             done,
-            damping=state.damping if partial else None,
+            damping=state.damping if incomplete else None,
             carried=carried,
             cov=not linearised,
             surrogate=linearised,
@@ -1447,6 +1465,8 @@ class _Engine:
         new = _State(
             round=state.round + 1,
             done=converged and (bool(settled.all()) or not partial),
+            # once the population has settled, solve the cut E-steps to their end
+            complete=state.complete or (partial and converged),
             mu=mu,
             omega=omega,
             em=em_state,
@@ -1454,7 +1474,7 @@ class _Engine:
             **rows,
             beta=coef[:, 1:],
             iterations=iterations,
-            damping=damping if partial else state.damping,
+            damping=damping if incomplete else state.damping,
             history_mu=np.concatenate([state.history_mu, mu[None]]),
             history_omega=np.concatenate([state.history_omega, omega[None]]),
             carried=keep,
@@ -1503,7 +1523,6 @@ class _Engine:
                     int(j),
                     infos[i],
                     res,
-                    cov,
                     (float(state.sigma[i]), float(state.phi[i])),
                     int(iterations[i]),
                     0.0,
@@ -1543,6 +1562,7 @@ class _Engine:
             patient_id=tuple(info.patient_id for info in infos),
             theta=theta,
             theta_sd=theta_sd,
+            theta_cov=np.where(ok_all[:, None, None], cov_theta, np.nan),
             results=results,
             failures=failures,
             rounds=state.round,
@@ -1667,11 +1687,15 @@ def fit_population(
             None to solve every E-step to convergence. With a number the E-steps are
             incomplete: a solve that is cut goes on in the next round from where it
             stopped, under the updated μ and ω (a generalised EM; the fixed point is
-            the same, and the fit stops only when every patient's solve ended by its
-            own stopping rule in a round in which the population settled). The
-            default 3 needs about twice the rounds of complete E-steps, each much
-            cheaper: 311 s against 524 s on the 64-patient CPU benchmark, same
-            result (docs/population.md); 1 or 2 left the change wandering.
+            the same). Once the population has settled (``tol``, ``tol_se``) in a
+            round in which some solve was cut, the next rounds solve every patient
+            to its end, and the fit stops at the first of them in which the
+            population settles again: long records (6 visits × 14 days) need more
+            iterations after each change of the prior than a round gives, and their
+            solves were still being cut after 30 rounds. The default 3 needs about
+            twice the rounds of complete E-steps, each much cheaper: 311 s against
+            524 s on the 64-patient CPU benchmark at 1 day per visit, same result
+            (docs/population.md); 1 or 2 left the change wandering.
         covariates: `Covariate` s from the patient ``sheet`` (e.g.
             ``Covariate("weight_kg")``): patient i's prior centre of log(field) is
             μ + β·log(x_i/x̃), x̃ the cohort median, with β estimated in the M-step
@@ -1783,6 +1807,7 @@ def fit_population(
     while not state.done and state.round < max_rounds:
         t_round = time.perf_counter()
         extrapolated = em.extrapolating(state.em)
+        complete = state.complete or engine.e_step_iterations is None
         state, change, change_se, n_failed, n_cut = engine.em_round(
             state, em=em, tol=tol, tol_se=tol_se, floor=omega_floor
         )
@@ -1802,6 +1827,7 @@ def fit_population(
                     e_steps=state.e_steps,
                     extrapolated=extrapolated,
                     cut=n_cut,
+                    complete=complete,
                 )
             )
     return engine.finish(
@@ -1833,7 +1859,6 @@ def _fit_result(
     j: int,
     info: WindowInfo,
     res: _Solved,
-    cov: np.ndarray,
     noise: tuple[float, float],
     iterations: int,
     seconds: float,
@@ -1841,7 +1866,12 @@ def _fit_result(
     mu,
     omega,
 ) -> FitResult:
-    """Stacked patient ``i``'s `FitResult` from row ``j`` of a solve's rows."""
+    """Stacked patient ``i``'s `FitResult` from row ``j`` of a solve's rows.
+
+    Its covariance (band) is `fit_patient`'s: the Laplace covariance under the
+    population prior, widened by the day-windows' score scatter unless
+    ``FitModel.robust_band`` is False (`band_covariance`).
+    """
     base = problem.objective(i)
     obj = HierarchicalObjective(
         windows=base.windows,
@@ -1850,11 +1880,14 @@ def _fit_result(
         mu=jnp.asarray(mu),
         omega=jnp.asarray(omega),
     )
+    g = jnp.asarray(res.g[j])
+    blocks = jax.tree.map(lambda x: jnp.asarray(x[j]), res.blocks)
+    cov = band_covariance(obj, g, blocks, jnp.asarray(res.scores[j]))
     return assemble_result(
         obj,
         info,
-        jnp.asarray(res.g[j]),
-        cov[j],
+        g,
+        np.asarray(cov),
         pred=np.asarray(res.pred[j]),
         ok=np.asarray(res.ok[j]),
         noise=(float(noise[0]), float(noise[1])),
