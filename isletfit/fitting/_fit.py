@@ -66,8 +66,7 @@ def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False
     """Gauss–Newton blocks at (g, loc); aux: predicted CGM, solver success, scores.
 
     The scores are each window's data gradient J_g,wᵀ r_w (`robust_covariance`).
-    With ``with_jac`` also returns the Jacobians ``(J_u, D, J_l, J_0)`` for `_evaluate`
-    (J_g = J_u D: each window's Jacobian in its own unknowns u_w = D_w g).
+    With ``with_jac`` also returns the Jacobians ``(J_g, J_l, J_0)`` for `_evaluate`.
     """
     u = obj.to_window(g)
     du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
@@ -93,19 +92,14 @@ def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False
         return r, jnp.concatenate([ju, jc], axis=1), jl, pred, ok
 
     rw, ju, jl, pred, ok = jax.vmap(one)(u, loc, jnp.arange(nw), weights)
+    jg = jnp.einsum("wmu,wug->wmg", ju, du)
     r0 = obj.global_residual(g)
     j0 = jax.jacfwd(obj.global_residual)(g)
-    scores = _scores(ju, du, rw)
-    # the windows' Jacobians stay in u-space (n_u columns, not n_g)
-    blocks = blocks_from_jacobians(rw, ju, jl, r0, j0, du=du)
+    scores = jnp.einsum("wmg,wm->wg", jg, rw)
+    blocks = blocks_from_jacobians(rw, jg, jl, r0, j0)
     if with_jac:
-        return blocks, (pred, ok, scores), (ju, du, jl, j0)
+        return blocks, (pred, ok, scores), (jg, jl, j0)
     return blocks, (pred, ok, scores)
-
-
-def _scores(ju, du, rw):
-    """Each window's data gradient J_g,wᵀ r_w = D_wᵀ (J_u,wᵀ r_w) ``[W, ng]``."""
-    return jnp.einsum("wug,wu->wg", du, jnp.einsum("wmu,wm->wu", ju, rw))
 
 
 def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
@@ -114,7 +108,7 @@ def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
     One forward solve per window; the gradient is J_heldᵀ r and the Gauss–Newton
     matrix that of ``held`` (the chord step of `LevenbergMarquardt`).
     """
-    ju, du, jl, j0 = jac
+    jg, jl, j0 = jac
     u = obj.to_window(g)
     p = obj.n_params
 
@@ -125,7 +119,7 @@ def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
 
     rw, pred, ok = jax.vmap(one)(u, loc, jnp.arange(u.shape[0]), weights)
     r0 = obj.global_residual(g)
-    scores = _scores(ju, du, rw)
+    scores = jnp.einsum("wmg,wm->wg", jg, rw)
     blocks = held._replace(
         cost=0.5 * (jnp.sum(rw * rw) + jnp.sum(r0 * r0)),
         bg=jnp.sum(scores, axis=0) + j0.T @ r0,
