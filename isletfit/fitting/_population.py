@@ -29,8 +29,9 @@ settled, as `fit_patient` does after its screening. Where each round runs is the
 quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
 E-steps are incomplete (each solve runs a few iterations per round and goes on in the
 next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
-1998) until the population has settled; then the solves run to their end. With ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the
-M-step regresses the EBEs on the covariates (``isletfit/fitting/_covariates.py``).
+1998) until the population has settled; then the solves run to their end. With
+``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the M-step
+regresses the EBEs on the covariates (``isletfit/fitting/_covariates.py``).
 
 **Memory.** The patients' arrays are stacked on the host (numpy); an E-step moves
 ``chunk_size`` patients (lanes) at a time to the devices and brings back only what
@@ -1315,6 +1316,10 @@ class _Engine:
             history_omega=np.zeros((0, p)),
         )
 
+    def cuts_solves(self, state: _State) -> bool:
+        """Whether the next round cuts the solves at ``e_step_iterations``."""
+        return self.e_step_iterations is not None and not state.complete
+
     def standard_errors(self, omega, cov: np.ndarray, ok: np.ndarray):
         """Standard errors ``(coef_se [p, 1 + q], omega_se [p])`` of the population.
 
@@ -1366,7 +1371,7 @@ class _Engine:
         settled = np.ones(m, bool)  # solves that ended by their own stopping rule
         iterations = state.iterations.copy()
         incomplete = self.e_step_iterations is not None  # solves may go on
-        partial = incomplete and not state.complete  # this round's are cut
+        partial = self.cuts_solves(state)  # this round's are cut
         damping = state.damping.copy()
 
         # a cut solve goes on in the next round from the blocks where it stopped: its
@@ -1807,7 +1812,7 @@ def fit_population(
     while not state.done and state.round < max_rounds:
         t_round = time.perf_counter()
         extrapolated = em.extrapolating(state.em)
-        complete = state.complete or engine.e_step_iterations is None
+        complete = not engine.cuts_solves(state)
         state, change, change_se, n_failed, n_cut = engine.em_round(
             state, em=em, tol=tol, tol_se=tol_se, floor=omega_floor
         )
