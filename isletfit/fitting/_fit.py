@@ -40,16 +40,18 @@ _EVENT_BUCKET = 16
 def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
     """Pad (stacked) event arrays to a multiple of ``bucket`` with (+inf, 0).
 
-    One compilation then serves patients with different numbers of events.
+    One compilation then serves patients with different numbers of events. Host
+    (numpy) arrays stay on the host.
     """
 
     def pad(t, v):
+        xp = np if isinstance(t, np.ndarray) else jnp
         n = t.shape[-1]
         m = max(bucket, int(np.ceil(n / bucket)) * bucket)
         widths = [(0, 0)] * (t.ndim - 1) + [(0, m - n)]
         return (
-            jnp.pad(t, widths, constant_values=jnp.inf),
-            jnp.pad(v, widths, constant_values=0.0),
+            xp.pad(t, widths, constant_values=np.inf),
+            xp.pad(v, widths, constant_values=0.0),
         )
 
     mt, mv = pad(inputs.meal_t, inputs.meal)

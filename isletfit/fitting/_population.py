@@ -273,6 +273,26 @@ def _solve_all(
     )(*args, omega, model_dyn)
 
 
+@eqx.filter_jit
+def _bands(windows, model, prior, centre, omega, g, blocks: Blocks, scores) -> Array:
+    """Every lane's band covariance under its population prior (`band_covariance`).
+
+    One program for all lanes instead of one call per patient, which on a GPU took
+    longer than the final E-step itself for 1,000 patients. The lanes are mapped in a
+    loop (`jax.lax.map`), not vmapped: the vmapped eigen-decompositions deadlocked
+    XLA's CPU runtime with 32 lanes on 2 cores (jax 0.11).
+    """
+
+    def one(args):
+        win, mu, gg, b, sc = args
+        obj = HierarchicalObjective(
+            windows=win, model=model, prior=prior, mu=mu, omega=omega
+        )
+        return band_covariance(obj, gg, b, sc)
+
+    return jax.lax.map(one, (windows, centre, g, blocks, scores))
+
+
 @jax.jit
 def _covariances(blocks: Blocks) -> Array:
     """Laplace covariance of every patient's g from its Gauss–Newton blocks.
@@ -1059,7 +1079,18 @@ class _Engine:
         }
 
     def _call(
-        self, centre, omega, ids, start: dict, budget, damping, carry, *, cov, surrogate
+        self,
+        centre,
+        omega,
+        ids,
+        start: dict,
+        budget,
+        damping,
+        carry,
+        *,
+        cov,
+        surrogate,
+        band=False,
     ):
         """One call of the compiled solver on the lanes' patients ``ids``.
 
@@ -1068,8 +1099,9 @@ class _Engine:
         with the blocks and predictions where it stopped.
 
         Returns:
-            Host-side `_Solved`, covariances (or None) and the arrays of the quadratic
-            models (`surrogates`, or None), one row per lane.
+            Host-side `_Solved`, Laplace covariances (or None), the arrays of the
+            quadratic models (`surrogates`, or None) and the band covariances
+            (`band_covariance`, or None), one row per lane.
         """
         shard, rep = self._sharding("patients"), self._sharding()
         key = tuple(int(i) for i in ids)
@@ -1107,7 +1139,22 @@ class _Engine:
         quadratic = None
         if surrogate:
             quadratic = gather_to_host(surrogates(res.blocks, res.g, centre, omega))
-        return gather_to_host(res), covariance, quadratic
+        bands = None
+        if band and not self.problem.model.robust_band:
+            bands = covariance  # the band is the Laplace covariance
+        elif band:
+            bands = _bands(
+                self.placed["windows"],
+                self.problem.model,
+                self.problem.prior,
+                centre,
+                omega,
+                res.g,
+                res.blocks,
+                res.scores,
+            )
+            bands = gather_to_host(bands)
+        return gather_to_host(res), covariance, quadratic, bands
 
     def e_step(
         self,
@@ -1121,6 +1168,7 @@ class _Engine:
         carried: _Carried | None = None,
         cov: bool = False,
         surrogate: bool = False,
+        band: bool = False,
     ) -> None:
         """Every real patient's MAP under N(``mu``, ``omega``²), lanes handed over.
 
@@ -1145,6 +1193,8 @@ class _Engine:
                 go on (formed under ``mu`` and ``omega``), or None.
             cov: Also compute the Laplace covariances.
             surrogate: Also compute the quadratic models in θ (`surrogates`).
+            band: Also compute the band covariances (`band_covariance`), passed to
+                ``on_done`` as ``band=``.
         """
         m, c = self.n_real, self.chunk
         centre = np.broadcast_to(np.asarray(mu, float), (m, self.problem.n_params))
@@ -1178,7 +1228,7 @@ class _Engine:
             # patient's result does not depend on the lanes and the other patients
             budget = np.where(lane >= 0, np.minimum(max_iter - used[ids], _SEGMENT), 0)
             start = _rows_at(rows, ids)
-            res, cv, quad = self._call(
+            res, cv, quad, bands = self._call(
                 centre[ids],
                 omega,
                 ids,
@@ -1188,6 +1238,7 @@ class _Engine:
                 carry,
                 cov=cov,
                 surrogate=surrogate,
+                band=band,
             )
             # writable copies: lanes given new patients are overwritten
             carry = (lane >= 0, *jax.tree.map(np.array, (res.blocks, res.pred, res.ok)))
@@ -1208,6 +1259,7 @@ class _Engine:
                     None if cv is None else cv[lanes],
                     None if quad is None else _lanes_at(quad, lanes),
                     used[lane[lanes]],
+                    **({} if bands is None else {"band": bands[lanes]}),
                 )
                 lane[lanes] = -1
                 carry[0][lanes] = False
@@ -1512,7 +1564,7 @@ class _Engine:
         iterations = state.iterations.copy()
         results = {}
 
-        def done(ids, res, cov, _quad, used):
+        def done(ids, res, cov, _quad, used, band):
             ok = np.isfinite(res.cost)
             ok_all[ids] = ok
             iterations[ids] += used
@@ -1520,23 +1572,35 @@ class _Engine:
             theta[ids] = np.where(ok[:, None], res.g[:, :p], np.nan)
             theta_sd[ids] = np.where(ok[:, None], np.sqrt(np.maximum(var, 0.0)), np.nan)
             cov_theta[ids] = cov[:, :p, :p]
-            for j in np.flatnonzero(ok):
-                i = int(ids[j])
-                results[infos[i].patient_id] = _fit_result(
-                    self.problem,
-                    i,
-                    int(j),
-                    infos[i],
-                    res,
-                    (float(state.sigma[i]), float(state.phi[i])),
-                    int(iterations[i]),
-                    0.0,
-                    mu=centre[i],
-                    omega=state.omega,
-                )
+            # host-side bookkeeping: its small operations run on the host's CPU, not
+            # as one device call each on an accelerator
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                for j in np.flatnonzero(ok):
+                    i = int(ids[j])
+                    results[infos[i].patient_id] = _fit_result(
+                        self.problem,
+                        i,
+                        int(j),
+                        infos[i],
+                        res,
+                        band[j],
+                        (float(state.sigma[i]), float(state.phi[i])),
+                        int(iterations[i]),
+                        0.0,
+                        mu=centre[i],
+                        omega=state.omega,
+                    )
 
         centre = self.centres(state.mu, state.beta)
-        self.e_step(centre, state.omega, rows, self.optimiser.max_iter, done, cov=True)
+        self.e_step(
+            centre,
+            state.omega,
+            rows,
+            self.optimiser.max_iter,
+            done,
+            cov=True,
+            band=True,
+        )
         seconds = time.perf_counter() - start_time
         failures = dict(failures)
         for i, info in enumerate(infos):
@@ -1773,7 +1837,9 @@ def fit_population(
     prepared, infos = [], []
     for patient in patients:
         try:
-            windows, info = prepare_patient(patient, model=model, sheet=sheet)
+            windows, info = prepare_patient(
+                patient, model=model, sheet=sheet, host=True
+            )
         except IsletfitError as err:
             failures[patient.patient_id] = str(err)
             continue
@@ -1864,6 +1930,7 @@ def _fit_result(
     j: int,
     info: WindowInfo,
     res: _Solved,
+    cov: np.ndarray,
     noise: tuple[float, float],
     iterations: int,
     seconds: float,
@@ -1873,21 +1940,19 @@ def _fit_result(
 ) -> FitResult:
     """Stacked patient ``i``'s `FitResult` from row ``j`` of a solve's rows.
 
-    Its covariance (band) is `fit_patient`'s: the Laplace covariance under the
+    ``cov`` is its band covariance, `fit_patient`'s: the Laplace covariance under the
     population prior, widened by the day-windows' score scatter unless
-    ``FitModel.robust_band`` is False (`band_covariance`).
+    ``FitModel.robust_band`` is False (`band_covariance`, batched in `_bands`).
     """
     base = problem.objective(i)
     obj = HierarchicalObjective(
         windows=base.windows,
         model=base.model,
         prior=base.prior,
-        mu=jnp.asarray(mu),
-        omega=jnp.asarray(omega),
+        mu=np.asarray(mu),
+        omega=np.asarray(omega),
     )
-    g = jnp.asarray(res.g[j])
-    blocks = jax.tree.map(lambda x: jnp.asarray(x[j]), res.blocks)
-    cov = band_covariance(obj, g, blocks, jnp.asarray(res.scores[j]))
+    g = res.g[j]  # host-side: the result is assembled with numpy
     return assemble_result(
         obj,
         info,

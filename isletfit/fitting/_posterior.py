@@ -506,7 +506,7 @@ def _map_start(
         )
     prepared = []
     for patient, fit in zip(patients, fits, strict=True):
-        windows, info = prepare_patient(patient, model=model, sheet=sheet)
+        windows, info = prepare_patient(patient, model=model, sheet=sheet, host=True)
         if info.n_knots != fit.log_b.shape[0] or info.n_windows != fit.info.n_windows:
             raise InputError(
                 f"{patient.patient_id}: the record, model or sheet differ from the "

@@ -37,6 +37,7 @@ from ..model import (
     steady_state_at_glucose,
     steady_state_glucose,
 )
+from ..model._inputs import stack_host
 from ._config import FitModel, LatentMeals, Prior
 
 __all__ = ["Objective", "PatientWindows", "WindowInfo", "prepare_windows"]
@@ -67,7 +68,9 @@ def soft_bounded(name: str, theta):
 
 
 class PatientWindows(eqx.Module):
-    """Device arrays of one patient's fit (windows padded to a bucket size).
+    """Arrays of one patient's fit (windows padded to a bucket size).
+
+    Device arrays, or numpy arrays on the host (`prepare_windows` with ``host=True``).
 
     Attributes:
         ts: Reading (or slot) times of each window [min since the reference].
@@ -172,6 +175,8 @@ def _window_inputs(
 ) -> Inputs:
     """One `Inputs` per window with the events in [start, end], stacked and padded.
 
+    Built on the host (numpy leaves, `stack_host`).
+
     After a gap in the record (the day before a window has no CGM) nothing is known of
     the insulin before the window's midnight: the basal rate in effect at midnight is
     taken to have run through the warm-up too, rather than a rate set days or weeks
@@ -188,20 +193,21 @@ def _window_inputs(
         known = m if gap else a  # rates before this time are not trusted
         inside = (basal_t > known) & (basal_t <= b)
         before = np.flatnonzero(basal_t <= known)
-        seg_t = np.concatenate([[a] if before.size else [], basal_t[inside]])
-        seg_r = np.concatenate([basal_r[before[-1:]], basal_r[inside]])
         per_window.append(
-            Inputs(
-                weight_kg=weight_kg,
-                meal_times=carb_t[cm],
-                meal_carbs_g=carb_g[cm],
-                bolus_times=bol_t[bm],
-                bolus_u=bol_u[bm],
-                basal_times=seg_t,
-                basal_u_per_h=seg_r,
-            )
+            {
+                "meal_times": carb_t[cm],
+                "meal_carbs_g": carb_g[cm],
+                "bolus_times": bol_t[bm],
+                "bolus_u": bol_u[bm],
+                "basal_times": np.concatenate(
+                    [[a] if before.size else [], basal_t[inside]]
+                ),
+                "basal_u_per_h": np.concatenate(
+                    [basal_r[before[-1:]], basal_r[inside]]
+                ),
+            }
         )
-    return Inputs.stack(per_window)
+    return stack_host(weight_kg, per_window)
 
 
 def _where(patient: PatientData) -> str:
@@ -257,6 +263,7 @@ def prepare_windows(
     transplant_day: float | None = None,
     window_bucket: int = 8,
     knot_bucket: int = 8,
+    host: bool = False,
 ) -> tuple[PatientWindows, WindowInfo]:
     """Cut a patient's record into day-windows and put everything in model units.
 
@@ -269,9 +276,11 @@ def prepare_windows(
         window_bucket: Pad the number of windows to a multiple of this (fewer
             recompilations across patients).
         knot_bucket: Pad the number of knots likewise.
+        host: Return the windows as numpy arrays (for stacking many patients on the
+            host, `isletfit.fitting.fit_population`) instead of device arrays.
 
     Returns:
-        The padded device arrays and host-side information.
+        The padded arrays and host-side information.
 
     Raises:
         InputError: No day has enough CGM readings to fit.
@@ -393,21 +402,23 @@ def prepare_windows(
         return np.concatenate([x, extra], axis=0)
 
     windows = PatientWindows(
-        ts=jnp.asarray(padded(ts, None)),
-        obs=jnp.asarray(padded(obs, None)),
-        mask=jnp.asarray(padded(msk, False)),
-        censor=jnp.asarray(padded(cens, 0)),
-        t0=jnp.asarray(padded(day_index * MIN_PER_DAY - model.warmup_min, None)),
-        study_day=jnp.asarray(padded(study_mid, None)),
-        graft_on=jnp.asarray(padded(graft_on, False)),
-        valid=jnp.asarray(np.arange(w_pad) < keep.size),
-        interp=jnp.asarray(padded(interp, 0.0)),
-        knot_days=jnp.asarray(knot_days),
-        knot_valid=jnp.asarray(knot_valid),
-        slots=jnp.asarray(padded(slots, None)),
-        session=jnp.asarray(padded(onehot, 0.0)),
-        inputs=jax.tree.map(lambda x: jnp.asarray(padded(np.asarray(x), None)), inputs),
+        ts=padded(ts, None),
+        obs=padded(obs, None),
+        mask=padded(msk, False),
+        censor=padded(cens, 0),
+        t0=padded(day_index * MIN_PER_DAY - model.warmup_min, None),
+        study_day=padded(study_mid, None),
+        graft_on=padded(graft_on, False),
+        valid=np.arange(w_pad) < keep.size,
+        interp=padded(interp, 0.0),
+        knot_days=knot_days,
+        knot_valid=knot_valid,
+        slots=padded(slots, None),
+        session=padded(onehot, 0.0),
+        inputs=jax.tree.map(lambda x: padded(x, None), inputs),
     )
+    if not host:
+        windows = jax.tree.map(jnp.asarray, windows)
     info = WindowInfo(
         patient_id=patient.patient_id,
         reference_time=patient.reference_time,
@@ -490,7 +501,8 @@ class Objective(eqx.Module):
         approximation.
         """
         names = self.prior.estimated
-        values = [jnp.exp(soft_bounded(n, theta[i])) for i, n in enumerate(names)]
+        xp = jnp if isinstance(theta, jax.Array) else np  # numpy stays on the host
+        values = [xp.exp(soft_bounded(n, theta[i])) for i, n in enumerate(names)]
         return eqx.tree_at(
             lambda p: tuple(getattr(p, n) for n in names),
             self.model.params,

@@ -109,6 +109,7 @@ def prepare_patient(
     sheet: pd.DataFrame | None = None,
     window_bucket: int = 1,
     knot_bucket: int = 1,
+    host: bool = False,
 ) -> tuple[PatientWindows, WindowInfo]:
     """`prepare_windows` with the weight and transplant date of the patient sheet.
 
@@ -119,6 +120,7 @@ def prepare_patient(
             warning, no transplant date).
         window_bucket: Pad the windows to a multiple of this.
         knot_bucket: Pad the knots to a multiple of this.
+        host: Numpy arrays instead of device arrays (`prepare_windows`).
 
     Returns:
         The windows (events padded as `fit_patient` pads them) and host-side facts.
@@ -134,6 +136,7 @@ def prepare_patient(
         transplant_day=_transplant_day(patient, when),
         window_bucket=window_bucket,
         knot_bucket=knot_bucket,
+        host=host,
     )
     windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
     return windows, info
@@ -373,7 +376,9 @@ def stack_problems(
             reports such a patient and fits the others).
     """
     model = FitModel() if model is None else model
-    prepared = [prepare_patient(p, model=model, sheet=sheet) for p in patients]
+    prepared = [
+        prepare_patient(p, model=model, sheet=sheet, host=True) for p in patients
+    ]
     problem = stack_windows([w for w, _ in prepared], model=model, prior=prior)
     return problem, tuple(info for _, info in prepared)
 
