@@ -77,6 +77,8 @@ def test_host_stacking_equals_stacking_inputs():
     for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(host), strict=True):
         assert isinstance(b, np.ndarray) and b.shape == a.shape
         np.testing.assert_allclose(b, np.asarray(a), rtol=1e-15)
+    empty = stack_host(64.0, [{}, {}])
+    assert empty.meal_t.shape == Inputs.stack([Inputs(weight_kg=64.0)] * 2).meal_t.shape
     padded = stack_host(64.0, windows, bucket=8)
     assert padded.bolus_t.shape == (3, 8) and np.isinf(padded.bolus_t[:, 3:]).all()
     assert not padded.bolus[:, 3:].any()

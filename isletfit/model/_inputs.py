@@ -277,7 +277,7 @@ def stack_host(
             times.append(t)
             amounts.append(v)
         most = max(t.size for t in times)
-        n = max(bucket, -(-most // bucket) * bucket)
+        n = -(-most // bucket) * bucket
         t_all = np.full((len(windows), n), np.inf)
         v_all = np.zeros((len(windows), n))
         for k, (t, v) in enumerate(zip(times, amounts, strict=True)):
