@@ -65,13 +65,12 @@ def test_bad_inputs_raise_value_error_naming_the_field(kwargs, field):
 
 
 def test_host_stacking_equals_stacking_inputs():
-    """`stack_host` gives `Inputs.stack`'s arrays (numpy), padded to its bucket."""
+    """`stack_host` gives `Inputs.stack`'s arrays, as numpy."""
     windows = [
-        dict(meal_times=[420.0, 750.0], meal_carbs_g=[45.0, 70.0], bolus_u=[]),
+        dict(meal_times=[420.0, 750.0], meal_carbs_g=[45.0, 70.0]),
         dict(bolus_times=[400.0, 700.0, 1000.0], bolus_u=[3.0, 5.5, 0.5]),
         dict(basal_times=[-480.0, 360.0], basal_u_per_h=[0.8, 1.1]),
     ]
-    windows[0]["bolus_times"] = []
     stacked = Inputs.stack([Inputs(weight_kg=64.0, **w) for w in windows])
     host = stack_host(64.0, windows)
     for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(host), strict=True):
@@ -79,9 +78,6 @@ def test_host_stacking_equals_stacking_inputs():
         np.testing.assert_allclose(b, np.asarray(a), rtol=1e-15)
     empty = stack_host(64.0, [{}, {}])
     assert empty.meal_t.shape == Inputs.stack([Inputs(weight_kg=64.0)] * 2).meal_t.shape
-    padded = stack_host(64.0, windows, bucket=8)
-    assert padded.bolus_t.shape == (3, 8) and np.isinf(padded.bolus_t[:, 3:]).all()
-    assert not padded.bolus[:, 3:].any()
     # the same simulation from either (numpy leaves go through jit as they are)
     ts = jnp.arange(0.0, 1440.0, 30.0)
     one = jax.tree.map(lambda x: x[1], stacked)

@@ -224,23 +224,19 @@ class Inputs(eqx.Module):
         return out
 
 
-def stack_host(
-    weight_kg: float, windows: Sequence[dict[str, np.ndarray]], *, bucket: int = 1
-) -> Inputs:
+def stack_host(weight_kg: float, windows: Sequence[dict[str, np.ndarray]]) -> Inputs:
     """Stacked `Inputs` of many windows built on the host, as numpy arrays.
 
     The same validation, units and padding as ``Inputs.stack([Inputs(...), ...])``
-    (events padded with (+inf, 0) to the most of any window, rounded up to a multiple
-    of ``bucket``), without a device operation per window: preparing thousands of
-    patients for a population fit then costs milliseconds each, also where the default
-    device is a GPU.
+    (events padded with (+inf, 0) to the most of any window), without a device
+    operation per window: preparing thousands of patients for a population fit then
+    costs milliseconds each, also where the default device is a GPU.
 
     Args:
         weight_kg: Body weight [kg] (the same for every window).
         windows: Each window's keyword arguments of `Inputs` (``meal_times``,
             ``meal_carbs_g``, ``bolus_times``, ``bolus_u``, ``basal_times``,
             ``basal_u_per_h``; missing ones empty).
-        bucket: Pad the event axes to a multiple of this.
 
     Returns:
         One `Inputs` with numpy leaves ``[windows, events]`` (``weight_kg``
@@ -276,8 +272,7 @@ def stack_host(
             _check_events(name_t, t, name_v, v, unit)
             times.append(t)
             amounts.append(v)
-        most = max(t.size for t in times)
-        n = -(-most // bucket) * bucket
+        n = max(t.size for t in times)
         t_all = np.full((len(windows), n), np.inf)
         v_all = np.zeros((len(windows), n))
         for k, (t, v) in enumerate(zip(times, amounts, strict=True)):
