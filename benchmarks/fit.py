@@ -3,8 +3,11 @@
 A synthetic transplant recipient (tests/fit_fixtures.py: known parameters and graft,
 8 mg/dL sensor noise) is fitted with `isletfit.fitting.fit_patient`: wall time of the
 first call (with compilation) and of a second call (compiled), with the default
-fixed-grid windows (`FixedGrid`) and, as the baseline of that choice, the adaptive
-solver (``FitModel(grid=None)``; ``adaptive_*``). In the same run:
+fixed-grid windows (`FixedGrid`), the day-windows split over the CPU's cores (each
+core a JAX device, ``fit_patient(mesh=...)``; ``isletfit_*``). In the same process:
+the same fits on one device (``one_device_*``, what a session that does not expose
+its cores gets), and, as the baseline of the fixed grid, the adaptive solver on one
+device (``FitModel(grid=None)``; ``adaptive_*``). Also in the same run:
 
 - the baseline the issue names: the same model and objective written without JAX
   (benchmarks/scipy_baseline.py: numpy vector field, ``solve_ivp(LSODA)`` between
@@ -26,6 +29,7 @@ trial point.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +43,8 @@ import scipy.sparse
 from common import machine, parse_args, report
 
 jax.config.update("jax_enable_x64", True)
+# every core a JAX device, so that a fit can split its windows over them
+jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import equinox as eqx  # noqa: E402
@@ -145,8 +151,8 @@ def rmse_of(problem, x) -> float:
     return float(np.sqrt(np.mean(err**2)))
 
 
-def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object]:
-    """First fit [s] (key 0), three warm fits [s] sorted, and the median warm result.
+def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object, dict]:
+    """First fit [s] (key 0), warm fits [s] sorted, median warm result, results by key.
 
     The warm figure is a median because the starting jitter differs between keys,
     and with it the number of iterations.
@@ -154,13 +160,13 @@ def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object]:
     start = time.perf_counter()
     fit_patient(patient, key=jax.random.key(0), model=model, **kw)
     first = time.perf_counter() - start
-    warm = []
+    warm, by_key = [], {}
     for k in (1, 2, 3):
         start = time.perf_counter()
-        res = fit_patient(patient, key=jax.random.key(k), model=model, **kw)
-        warm.append((time.perf_counter() - start, res))
+        by_key[k] = fit_patient(patient, key=jax.random.key(k), model=model, **kw)
+        warm.append((time.perf_counter() - start, by_key[k]))
     warm.sort(key=lambda x: x[0])
-    return first, [t for t, _ in warm], warm[1][1]
+    return first, [t for t, _ in warm], warm[1][1], by_key
 
 
 def main() -> None:
@@ -178,7 +184,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         patient, _ = synthetic_patient(Path(tmp) / "p.csv", seed=1, blocks=blocks)
     kw = dict(weight_kg=70.0, transplant_date=REFERENCE)
-    cold, warm, res = _cold_and_warm(patient, FitModel(), kw)
+    devices = len(jax.devices())
+    mesh = jax.make_mesh((devices,), ("windows",)) if devices > 1 else None
+    cold, warm, res, split = _cold_and_warm(patient, FitModel(), dict(kw, mesh=mesh))
+    figures["isletfit_devices"] = devices
     figures["isletfit_cold_s"] = cold
     figures["isletfit_warm_min_s"], figures["isletfit_warm_s"] = warm[0], warm[1]
     figures["isletfit_warm_max_s"] = warm[2]
@@ -186,13 +195,21 @@ def main() -> None:
     figures["isletfit_iterations"] = res.iterations
     figures["windows"] = res.info.n_windows
     figures["readings"] = res.n_readings
-    # the same fits with the adaptive solver (`FitModel(grid=None)`), same process
-    first, warm_a, res_a = _cold_and_warm(patient, FitModel(grid=None), kw)
+    # the same fits on one device (its first call compiles the one-device programs)
+    first, warm_1, res_1, one = _cold_and_warm(patient, FitModel(), kw)
+    figures["one_device_first_s"], figures["one_device_warm_s"] = first, warm_1[1]
+    figures["one_device_iterations"] = res_1.iterations
+    figures["split_speedup_warm_ratio"] = warm_1[1] / warm[1]
+    figures["split_minus_one_device_max_abs_log_b"] = max(  # the same keys
+        float(np.max(np.abs(split[k].log_b - one[k].log_b))) for k in split
+    )
+    # the adaptive solver (`FitModel(grid=None)`), one device, same process
+    first, warm_a, res_a, _ = _cold_and_warm(patient, FitModel(grid=None), kw)
     figures["adaptive_first_s"], figures["adaptive_warm_s"] = first, warm_a[1]
     figures["adaptive_iterations"] = res_a.iterations
     figures["adaptive_rmse_mg_dl"] = res_a.rmse_mg_dl
     figures["adaptive_over_grid_warm_ratio"] = (
-        figures["adaptive_warm_s"] / figures["isletfit_warm_s"]
+        figures["adaptive_warm_s"] / figures["one_device_warm_s"]
     )
     figures["adaptive_minus_grid_max_abs_log_b"] = float(
         np.max(np.abs(np.asarray(res_a.log_b) - np.asarray(res.log_b)))

@@ -39,6 +39,43 @@ def _enable_float64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+def _cores_as_devices() -> None:
+    """Expose the CPU's cores as JAX devices, so that fits can use all of them.
+
+    XLA runs one device's program on one core; `fit_patient` splits a patient's
+    day-windows over the devices of a mesh (`_window_mesh`). A script's choice, made
+    before JAX starts: left alone when the user chose the CPU devices
+    (``JAX_NUM_CPU_DEVICES``, or ``--xla_force_host_platform_device_count`` in
+    ``XLA_FLAGS``) or when JAX has already started (``main`` called from a session).
+    """
+    import os
+
+    import jax
+
+    chosen = "JAX_NUM_CPU_DEVICES" in os.environ or (
+        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    )
+    if chosen:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:  # the backend is running: keep its devices
+        pass
+
+
+def _window_mesh():
+    """A mesh over the CPU devices for splitting a fit's windows, or None.
+
+    None on an accelerator (one device there is the fast choice for one patient) and
+    with a single CPU device.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu" or jax.local_device_count() < 2:
+        return None
+    return jax.make_mesh((jax.local_device_count(),), ("windows",))
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
@@ -64,6 +101,9 @@ def _run_demo(args) -> int:
     from ._demo import run_demo
 
     _enable_float64()
+    # --quick: a few short windows, where splitting costs more to compile than it saves
+    if not args.quick:
+        _cores_as_devices()
     console = Console(soft_wrap=True)
     with _progress(console) as progress:
         task = progress.add_task("starting", total=None)
@@ -83,6 +123,7 @@ def _run_demo(args) -> int:
             seed=args.seed,
             on_stage=on_stage,
             on_patient=on_patient,
+            mesh=_window_mesh(),
         )
     table = Table(title="Graft function B per visit: estimated (95 % band) vs true")
     for title in ["patient", "visit day", "true B", "estimate", "95 % band", "covered"]:
@@ -551,6 +592,8 @@ def _run_fit(args) -> int:
     from rich.console import Console
 
     _enable_float64()
+    if not args.population:  # a population fit shards patients, not windows
+        _cores_as_devices()
     main_process = True
     for flag, value, least in (
         ("--lanes", args.lanes, 1),
@@ -632,6 +675,7 @@ def _run_fit(args) -> int:
         labs=labs,
         model=model,
         starts=args.starts,
+        mesh=_window_mesh(),
     )
     return 0 if run.results else 1
 

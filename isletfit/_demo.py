@@ -60,6 +60,7 @@ def run_demo(
     seed: int = 0,
     on_stage: Callable[[str], None] | None = None,
     on_patient: Callable[[str, int, int], None] | None = None,
+    mesh=None,
 ) -> DemoResult:
     """Simulate a virtual trial, fit every patient, compare with the truth.
 
@@ -70,6 +71,8 @@ def run_demo(
         seed: Seed of the cohort and of the fits' starting points.
         on_stage: Called with a short description as each stage starts.
         on_patient: Called as ``on_patient(patient_id, index, total)`` before each fit.
+        mesh: A one-axis `jax.sharding.Mesh` over which each fit splits its windows
+            (`isletfit.fitting.fit_patient`); None: one device.
 
     Returns:
         The `DemoResult`.
@@ -111,6 +114,7 @@ def run_demo(
         starts=1 if quick else 2,
         truth=truth,
         on_patient=on_patient,
+        mesh=mesh,
     )
     rows = []
     for pid, table in run.visits.items():

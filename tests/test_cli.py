@@ -45,3 +45,37 @@ def test_unknown_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_fit_commands_expose_the_cpu_cores_unless_the_user_chose():
+    """`isletfit fit`/`demo` make every core a JAX device (windows split over them);
+    a user's own choice (JAX_NUM_CPU_DEVICES) stands, and one device means no mesh."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from isletfit._cli import _cores_as_devices, _window_mesh\n"
+        "_cores_as_devices()\n"
+        "import jax\n"
+        "mesh = _window_mesh()\n"
+        "print(jax.local_device_count(), None if mesh is None else mesh.axis_names)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = ""
+    cores = os.cpu_count() or 1
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    mesh = "('windows',)" if cores > 1 else "None"
+    assert out.stdout.split() == [str(cores), *mesh.split()]
+    for chosen in ("1", "3"):
+        env["JAX_NUM_CPU_DEVICES"] = chosen
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        mesh = "None" if chosen == "1" else "('windows',)"
+        assert out.stdout.split() == [chosen, *mesh.split()]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from isletfit.fitting import FitModel, LevenbergMarquardt, fit_patient, prepare_windows
-from isletfit.fitting._lm import blocks_from_jacobians, schur_covariance
+from isletfit.fitting._lm import _spd_inverse, blocks_from_jacobians, schur_covariance
 from isletfit.model import MechanisticGraft
 
 from fit_fixtures import REFERENCE, synthetic_patient
@@ -43,6 +43,24 @@ def test_structured_lm_matches_dense_least_squares():
     np.testing.assert_allclose(res.loc.ravel(), x[ng:], rtol=1e-6, atol=1e-9)
     cov_dense = np.linalg.inv(dense.T @ dense)[:ng, :ng]
     np.testing.assert_allclose(schur_covariance(res.blocks), cov_dense, rtol=1e-8)
+
+
+def test_small_spd_inverse_equals_lapack_on_ill_conditioned_blocks():
+    """The local blocks' Gauss–Jordan inverse (no LAPACK) against numpy's, batched,
+    condition numbers up to ~1e10, and a padding window's scaled identity."""
+    rng = np.random.default_rng(1)
+    j = rng.standard_normal((6, 40, 5)) * np.logspace(0, -5, 5)  # sloppy columns
+    a = np.einsum("wmi,wmj->wij", j, j)
+    a[-1] = 1e-11 * np.eye(5)
+    inv = np.asarray(_spd_inverse(jnp.asarray(a)))
+    ref = np.linalg.inv(a)
+    scale = np.abs(ref).max(axis=(1, 2), keepdims=True)
+    assert np.max(np.abs(inv - ref) / scale) < 1e-6
+    np.testing.assert_allclose(
+        np.einsum("wij,wjk->wik", a, inv)[:-1],
+        np.broadcast_to(np.eye(5), (5, 5, 5)),
+        atol=1e-5,
+    )
 
 
 def test_held_jacobian_steps_reach_the_same_optimum_with_exact_final_blocks():
@@ -383,3 +401,69 @@ def test_robust_covariance_widens_laplace_only_by_the_excess_score_scatter():
     vals, vecs = np.linalg.eigh(meat - h_data)
     excess = (vecs * np.maximum(vals, 0.0)) @ vecs.T
     np.testing.assert_allclose(robust, laplace + laplace @ excess @ laplace, rtol=1e-8)
+
+
+_SPLIT_RUN = """
+import json, sys
+import jax
+import numpy as np
+sys.path.insert(0, {tests!r})
+from fit_fixtures import REFERENCE, synthetic_patient
+from isletfit import InputError
+from isletfit.fitting import fit_patient
+
+patient, _ = synthetic_patient({csv!r}, seed=3, blocks=((-7, 2), (30, 3)))
+kw = dict(weight_kg=70.0, transplant_date=REFERENCE, starts=1, key=jax.random.key(0))
+one = fit_patient(patient, **kw)
+mesh = jax.make_mesh((len(jax.devices()),), ("windows",))
+split = fit_patient(patient, mesh=mesh, **kw)
+try:
+    fit_patient(patient, mesh=jax.make_mesh((1, 1), ("a", "b")), **kw)
+    error = ""
+except InputError as e:
+    error = str(e)
+print(json.dumps(dict(
+    devices=len(jax.devices()),
+    iterations=[one.iterations, split.iterations],
+    log_b=[one.log_b.tolist(), split.log_b.tolist()],
+    theta=[one.theta.tolist(), split.theta.tolist()],
+    cov=[one.cov.tolist(), split.cov.tolist()],
+    predicted=[one.predicted.tolist(), split.predicted.tolist()],
+    error=error,
+)))
+"""
+
+
+def test_windows_split_over_host_devices_give_the_one_device_fit(tmp_path):
+    """`fit_patient(mesh=...)`: three CPU host devices (the 5 windows padded to 24, a
+    multiple of both the bucket and the devices) reach the one-device optimum."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=3"
+    )
+    code = _SPLIT_RUN.format(
+        tests=str(Path(__file__).parent), csv=str(tmp_path / "p.csv")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 3
+    assert out["iterations"][0] == out["iterations"][1]
+    for name, atol in (("log_b", 1e-6), ("theta", 1e-6), ("cov", 1e-8)):
+        a, b = (np.asarray(x) for x in out[name])
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=atol, err_msg=name)
+    a, b = (np.asarray(x) for x in out["predicted"])
+    np.testing.assert_allclose(b, a, atol=1e-6)
+    assert "one-axis mesh" in out["error"] and "'mesh'" in out["error"]

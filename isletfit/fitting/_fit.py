@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._custom_types import Array, PRNGKeyArray
+from .._errors import InputError
 from ..data import PatientData
 from ..model import Inputs, Params, param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
@@ -64,11 +65,36 @@ def _pad_events(inputs: Inputs, bucket: int = _EVENT_BUCKET) -> Inputs:
     )
 
 
-def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False):
+def _over_windows(fn, mesh: jax.sharding.Mesh | None, *args):
+    """``jax.vmap(fn)`` over the windows (leading axis of ``args``).
+
+    With a one-axis mesh each device maps its share of the windows (`jax.shard_map`;
+    the windows are independent given the unknowns, so the devices do not talk until
+    the blocks are summed). What ``fn`` closes over is replicated.
+    """
+    if mesh is None:
+        return jax.vmap(fn)(*args)
+    spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+    return jax.shard_map(
+        jax.vmap(fn), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
+    )(*args)
+
+
+def _linearise(
+    obj: Objective,
+    g,
+    loc,
+    noise,
+    weights,
+    *,
+    with_jac: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """Gauss–Newton blocks at (g, loc); aux: predicted CGM, solver success, scores.
 
     The scores are each window's data gradient J_g,wᵀ r_w (`robust_covariance`).
     With ``with_jac`` also returns the Jacobians ``(J_g, J_l, J_0)`` for `_evaluate`.
+    With a ``mesh`` the windows are split over its devices (`_over_windows`).
     """
     u = obj.to_window(g)
     du = jax.jacfwd(obj.to_window)(g)  # [W, nu, ng], constant (linear map)
@@ -93,7 +119,7 @@ def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False
         )(cal)
         return r, jnp.concatenate([ju, jc], axis=1), jl, pred, ok
 
-    rw, ju, jl, pred, ok = jax.vmap(one)(u, loc, jnp.arange(nw), weights)
+    rw, ju, jl, pred, ok = _over_windows(one, mesh, u, loc, jnp.arange(nw), weights)
     jg = jnp.einsum("wmu,wug->wmg", ju, du)
     r0 = obj.global_residual(g)
     j0 = jax.jacfwd(obj.global_residual)(g)
@@ -104,7 +130,16 @@ def _linearise(obj: Objective, g, loc, noise, weights, *, with_jac: bool = False
     return blocks, (pred, ok, scores)
 
 
-def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
+def _evaluate(
+    obj: Objective,
+    g,
+    loc,
+    noise,
+    weights,
+    jac,
+    held: Blocks,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """Blocks at (g, loc) from its residuals and held Jacobians (no derivatives).
 
     One forward solve per window; the gradient is J_heldᵀ r and the Gauss–Newton
@@ -119,7 +154,7 @@ def _evaluate(obj: Objective, g, loc, noise, weights, jac, held: Blocks):
         r, pred = obj.residual_from_cgm(cgm, ok, u_w[p + 1 :], l_w, w, noise, wt)
         return r, pred, ok
 
-    rw, pred, ok = jax.vmap(one)(u, loc, jnp.arange(u.shape[0]), weights)
+    rw, pred, ok = _over_windows(one, mesh, u, loc, jnp.arange(u.shape[0]), weights)
     r0 = obj.global_residual(g)
     scores = jnp.einsum("wmg,wm->wg", jg, rw)
     blocks = held._replace(
@@ -151,15 +186,24 @@ def band_covariance(obj: Objective, g, blocks: Blocks, scores) -> Array:
 
 @eqx.filter_jit
 def _solve(
-    obj: Objective, optimiser: LevenbergMarquardt, g0, l0, noise, weights, max_iter
+    obj: Objective,
+    optimiser: LevenbergMarquardt,
+    g0,
+    l0,
+    noise,
+    weights,
+    max_iter,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> LMResult:
     return optimiser(
-        lambda g, loc: _linearise(obj, g, loc, noise, weights, with_jac=True),
+        lambda g, loc: _linearise(
+            obj, g, loc, noise, weights, with_jac=True, mesh=mesh
+        ),
         g0,
         l0,
         max_iter=max_iter,
         evaluate=lambda g, loc, jac, held: _evaluate(
-            obj, g, loc, noise, weights, jac, held
+            obj, g, loc, noise, weights, jac, held, mesh
         ),
     )
 
@@ -337,7 +381,7 @@ class FitResult:
         }
 
 
-def _estimate_noise(resid, use, weights, ar1: bool) -> tuple[Array, Array]:
+def _estimate_noise(resid, use, weights, ar1: bool) -> tuple[np.ndarray, np.ndarray]:
     """Marginal SD [mg/dL] and lag-1 autocorrelation of the CGM error."""
     e = np.where(use, resid * np.sqrt(weights), 0.0)
     n = max(int(use.sum()), 1)
@@ -352,7 +396,7 @@ def _estimate_noise(resid, use, weights, ar1: bool) -> tuple[Array, Array]:
                     np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)), 0.0, 0.99
                 )
             )
-    return jnp.asarray(sigma), jnp.asarray(phi)
+    return np.asarray(sigma), np.asarray(phi)
 
 
 def _transplant_day(patient: PatientData, transplant_date) -> float | None:
@@ -371,6 +415,38 @@ def _transplant_day(patient: PatientData, transplant_date) -> float | None:
     return (when.normalize() - ref.normalize()) / pd.Timedelta(days=1)
 
 
+def _auto_axes(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
+    """The mesh with automatic axis types (`jax.make_mesh` makes explicit ones).
+
+    With explicit axes traced arrays carry sharding types, and the solvers' in-place
+    buffer updates are rejected. Only one-axis meshes are accepted.
+    """
+    if mesh is None:
+        return None
+    if len(mesh.axis_names) != 1:
+        raise InputError(
+            f"fit_patient: the mesh has axes {mesh.axis_names}",
+            field="mesh",
+            expected="a one-axis mesh, e.g. jax.make_mesh((n,), ('windows',))",
+        )
+    return jax.sharding.Mesh(
+        mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
+def _on_devices(tree, mesh: jax.sharding.Mesh | None):
+    """``tree``'s arrays on the default device, or replicated over ``mesh``.
+
+    Every call of `_solve` then sees the same input shardings, whether its arguments
+    come from the host or from an earlier solve: one compilation serves them all.
+    """
+    dynamic, static = eqx.partition(tree, eqx.is_array)
+    if mesh is None:
+        return eqx.combine(jax.device_put(dynamic), static)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return eqx.combine(jax.device_put(dynamic, sharding), static)
+
+
 def fit_patient(
     data: PatientData,
     *,
@@ -380,6 +456,7 @@ def fit_patient(
     weight_kg: float | None = None,
     transplant_date=None,
     starts: int = 2,
+    mesh: jax.sharding.Mesh | None = None,
     key: PRNGKeyArray,
 ) -> FitResult:
     """Fit one patient's CGM record: parameters and graft function B(t) with a band.
@@ -404,6 +481,15 @@ def fit_patient(
             number since the record's reference midnight; None if unknown or no graft.
         starts: Number of starting points (graft at the prior median, then low and
             high); the best posterior wins.
+        mesh: A one-axis `jax.sharding.Mesh`: the day-windows are split over its
+            devices, e.g. a CPU's cores exposed as devices
+            (``jax.config.update("jax_num_cpu_devices", n)`` before JAX's first use,
+            then ``jax.make_mesh((n,), ("windows",))``); XLA runs one device's
+            program on one core. None: one device. The result does not depend on it
+            (to rounding). It pays for long records (6 visits × 14 days on 2 cores:
+            1.3–1.85× faster compiled) and not for a few days (4 windows: 0.8×), and
+            a cold fit compiles the split programs for a little longer
+            (``benchmarks/RESULTS.md``).
         key: PRNG key for the jitter of the starting points.
 
     Returns:
@@ -412,32 +498,46 @@ def fit_patient(
     """
     start_time = time.perf_counter()
     model = FitModel() if model is None else model
+    mesh = _auto_axes(mesh)
+    # host-side (numpy) preparation: no small device programs to compile
     windows, info = prepare_windows(
         data,
         model=model,
         weight_kg=weight_kg,
         transplant_day=_transplant_day(data, transplant_date),
+        window_bucket=8 if mesh is None else int(np.lcm(8, mesh.size)),
+        host=True,
     )
     windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
-    obj = Objective(windows=windows, model=model, prior=prior)
+    obj = _on_devices(Objective(windows=windows, model=model, prior=prior), mesh)
     p = obj.n_params
     nw, nl = windows.ts.shape[0], obj.n_local
     levels = [prior.graft_median, 0.05, 1.0][: max(1, starts)]
-    keys = jax.random.split(key, len(levels))
-    l0 = jnp.zeros((nw, nl))
+    # start i's jitter is normal(split(key, starts)[i]) (as in `fit_population`)
+    jitter = np.asarray(
+        jax.vmap(lambda k: jax.random.normal(k, (p,)))(
+            jax.random.split(key, len(levels))
+        )
+    )
+    centre = np.log([float(getattr(model.params, n)) for n in prior.estimated])
+    l0 = np.zeros((nw, nl))
     if isinstance(model.meals, LatentMeals):
-        l0 = l0.at[:, obj.meal_start :].set(jnp.log(model.meals.init_g))
-    weights = jnp.ones(windows.obs.shape)
-    noise = (jnp.asarray(10.0), jnp.asarray(0.0))
+        l0[:, obj.meal_start :] = np.log(model.meals.init_g)
+    weights = np.ones(windows.obs.shape)
+    noise = (np.asarray(10.0), np.asarray(0.0))
 
-    full = jnp.asarray(optimiser.max_iter)
-    screen = jnp.asarray(optimiser.screen_iter)
+    def solve(*args) -> LMResult:  # (g0, l0, noise, weights, max_iter)
+        return _solve(obj, optimiser, *_on_devices(args, mesh), mesh)
+
+    full = np.asarray(optimiser.max_iter)
+    screen = np.asarray(optimiser.screen_iter)
     best, best_cost, iterations = None, np.inf, 0
-    for level, k_start in zip(levels, keys, strict=True):
-        theta0 = obj.prior_centre() + 0.05 * jax.random.normal(k_start, (p,))
-        knots0 = jnp.where(windows.knot_valid, jnp.log(level), 0.0)
-        g0 = jnp.concatenate([theta0, knots0, jnp.zeros(2 * obj.n_sessions)])
-        res = _solve(obj, optimiser, g0, l0, noise, weights, screen)
+    for level, shift in zip(levels, jitter, strict=True):
+        knots0 = np.where(windows.knot_valid, np.log(level), 0.0)
+        g0 = np.concatenate(
+            [centre + 0.05 * shift, knots0, np.zeros(2 * obj.n_sessions)]
+        )
+        res = solve(g0, l0, noise, weights, screen)
         iterations += int(res.iterations)
         cost = float(res.blocks.cost)
         if np.isfinite(cost) and cost < best_cost:
@@ -458,7 +558,7 @@ def fit_patient(
         & np.asarray(windows.valid)[:, None]
     )
     for round_ in range(rounds):
-        resid = np.asarray(best.aux[0] - windows.obs)
+        resid = np.asarray(best.aux[0]) - windows.obs
         previous = noise
         noise = _estimate_noise(resid, use, np.asarray(weights), model.noise.ar1)
         settled = (
@@ -471,13 +571,13 @@ def fit_patient(
         if isinstance(model.noise, StudentTNoise):
             nu = model.noise.df
             z = resid / float(noise[0])
-            weights = jnp.asarray((nu + 1.0) / (nu + z**2))
-        res = _solve(obj, optimiser, best.g, best.loc, noise, weights, full)
+            weights = (nu + 1.0) / (nu + z**2)
+        res = solve(best.g, best.loc, noise, weights, full)
         iterations += int(res.iterations)
         if np.isfinite(float(res.blocks.cost)):
             best = res
 
-    g = best.g
+    g = np.asarray(best.g)
     pred, ok, _ = best.aux
     cov = np.asarray(band_covariance(obj, best.g, best.blocks, best.aux[2]))
     return assemble_result(

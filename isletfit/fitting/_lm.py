@@ -76,6 +76,33 @@ def blocks_from_jacobians(rw, jg, jl, r0, j0) -> Blocks:
     return Blocks(cost, hgg, bg, hll, hgl, bl)
 
 
+def _spd_inverse(a: Float[Array, "*batch n n"]) -> Float[Array, "*batch n n"]:
+    """Inverses of (batched) small symmetric positive definite matrices.
+
+    Gauss–Jordan elimination without pivoting (stable for SPD matrices: every pivot
+    is a Schur complement of a leading block, hence positive) in plain array
+    operations, one loop iteration per column. Used for the damped local blocks of
+    every window instead of a batched LAPACK call: XLA's CPU runtime runs batched
+    LAPACK kernels on its intra-op thread pool, and with the windows or patients
+    sharded over as many host devices as there are cores such a kernel waited on
+    partitions queued behind itself (a deadlock, jax 0.10.2).
+    """
+    n = a.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=a.dtype), a.shape)
+    m = jnp.concatenate([a, eye], axis=-1)  # [..., n, 2n]
+
+    def column(k, m):
+        row = jax.lax.dynamic_index_in_dim(m, k, axis=-2, keepdims=False)
+        pivot = jax.lax.dynamic_index_in_dim(row, k, axis=-1, keepdims=False)
+        row = row / pivot[..., None]
+        col = jax.lax.dynamic_index_in_dim(m, k, axis=-1, keepdims=False)
+        m = m - col[..., :, None] * row[..., None, :]
+        return jax.lax.dynamic_update_index_in_dim(m, row, k, axis=-2)
+
+    m = jax.lax.fori_loop(0, n, column, m)
+    return m[..., n:]
+
+
 def _solve(blocks: Blocks, lam):
     """Damped Gauss–Newton step (dg, dl) by elimination of the local blocks."""
     hgg, bg, hll, hgl, bl = blocks.hgg, blocks.bg, blocks.hll, blocks.hgl, blocks.bl
@@ -84,7 +111,7 @@ def _solve(blocks: Blocks, lam):
     dl_diag = jnp.maximum(jnp.diagonal(hll, axis1=1, axis2=2), 1e-9)
     hgg_d = hgg + lam * jnp.diag(dg_diag)
     hll_d = hll + lam * jax.vmap(jnp.diag)(dl_diag)
-    hll_inv = jnp.linalg.inv(hll_d) if nl > 0 else hll_d
+    hll_inv = _spd_inverse(hll_d) if nl > 0 else hll_d
     k = jnp.einsum("wgi,wij->wgj", hgl, hll_inv)  # H_gw H_ww^-1
     schur = hgg_d - jnp.einsum("wgj,whj->gh", k, hgl)
     rhs = -bg + jnp.einsum("wgj,wj->g", k, bl)
@@ -312,6 +339,8 @@ class LevenbergMarquardt(eqx.Module):
                 return out[0], out[1], ()
 
         dtype = g0.dtype
+        # traced once: the shapes below and the loop's trials share the trace
+        full = jax.jit(full)
         blocks_shape, aux_shape, jac_shape = jax.eval_shape(full, g0, l0)
         zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)  # noqa: E731
         blocks0 = zeros(blocks_shape)._replace(cost=jnp.asarray(jnp.inf, dtype))

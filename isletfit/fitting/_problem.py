@@ -524,13 +524,13 @@ class Objective(eqx.Module):
         """Per-window unknowns u_w = [theta, log B_w, sensor gain z, offset z]."""
         p = self.n_params
         theta, knots, cal = self.split(g)
-        logb = self.windows.interp @ knots
-        return jnp.concatenate(
-            [
-                jnp.broadcast_to(theta, (logb.shape[0], p)),
-                logb[:, None],
-                self.windows.session @ cal,
-            ],
+        xp = np if isinstance(g, np.ndarray) else jnp  # numpy stays on the host
+        interp, session = self.windows.interp, self.windows.session
+        if xp is np:
+            interp, session = np.asarray(interp), np.asarray(session)
+        logb = interp @ knots
+        return xp.concatenate(
+            [xp.broadcast_to(theta, (logb.shape[0], p)), logb[:, None], session @ cal],
             axis=1,
         )
 

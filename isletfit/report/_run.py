@@ -49,6 +49,7 @@ def fit_and_report(
     starts: int = 2,
     truth: dict[str, Callable] | None = None,
     on_patient: Callable[[str, int, int], None] | None = None,
+    mesh=None,
 ) -> RunResult:
     """Fit each patient, write its outputs, then ``summary.csv`` and ``report.html``.
 
@@ -66,6 +67,8 @@ def fit_and_report(
         truth: Optional patient id -> true B(study day), drawn in the figures
             (synthetic patients).
         on_patient: Called as ``on_patient(patient_id, index, total)`` before each fit.
+        mesh: A one-axis `jax.sharding.Mesh` over which each fit splits its
+            day-windows (`isletfit.fitting.fit_patient`); None: one device.
 
     Returns:
         The `RunResult`.
@@ -91,6 +94,7 @@ def fit_and_report(
                     weight_kg=weight,
                     transplant_date=when,
                     starts=starts,
+                    mesh=mesh,
                     key=k,
                 )
                 table = visit_summary(result, patient, patient_row=row, labs=labs)
