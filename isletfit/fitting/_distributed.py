@@ -44,6 +44,7 @@ from .._errors import InputError
 
 __all__ = [
     "ProcessInfo",
+    "auto_axes",
     "gather_to_host",
     "initialize_distributed",
     "is_main_process",
@@ -250,6 +251,20 @@ def _info(launcher: str) -> ProcessInfo:
 def is_main_process() -> bool:
     """Whether this process writes the outputs (process 0, or a single process)."""
     return jax.process_index() == 0
+
+
+def auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """A copy of ``mesh`` whose axes all have automatic types.
+
+    With explicit axis types (`jax.make_mesh`'s default) the traced arrays carry
+    sharding types, and the solvers' in-place buffer updates (diffrax's, the fixed
+    grid's) are rejected.
+    """
+    return jax.sharding.Mesh(
+        mesh.devices,
+        mesh.axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
+    )
 
 
 def patient_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

@@ -16,6 +16,7 @@ from .._errors import InputError
 from ..data import PatientData
 from ..model import Inputs, Params, param_info
 from ._config import FitModel, LatentMeals, Prior, StudentTNoise
+from ._distributed import auto_axes
 from ._lm import (
     Blocks,
     LevenbergMarquardt,
@@ -415,12 +416,8 @@ def _transplant_day(patient: PatientData, transplant_date) -> float | None:
     return (when.normalize() - ref.normalize()) / pd.Timedelta(days=1)
 
 
-def _auto_axes(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
-    """The mesh with automatic axis types (`jax.make_mesh` makes explicit ones).
-
-    With explicit axes traced arrays carry sharding types, and the solvers' in-place
-    buffer updates are rejected. Only one-axis meshes are accepted.
-    """
+def _checked_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
+    """The mesh to split windows over (`auto_axes`); only one-axis meshes."""
     if mesh is None:
         return None
     if len(mesh.axis_names) != 1:
@@ -429,9 +426,7 @@ def _auto_axes(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
             field="mesh",
             expected="a one-axis mesh, e.g. jax.make_mesh((n,), ('windows',))",
         )
-    return jax.sharding.Mesh(
-        mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    return auto_axes(mesh)
 
 
 def _on_devices(tree, mesh: jax.sharding.Mesh | None):
@@ -498,7 +493,7 @@ def fit_patient(
     """
     start_time = time.perf_counter()
     model = FitModel() if model is None else model
-    mesh = _auto_axes(mesh)
+    mesh = _checked_mesh(mesh)
     # host-side (numpy) preparation: no small device programs to compile
     windows, info = prepare_windows(
         data,
@@ -519,6 +514,7 @@ def fit_patient(
             jax.random.split(key, len(levels))
         )
     )
+    # `Objective.prior_centre` on the host (it keeps JAX's dtypes for traced use)
     centre = np.log([float(getattr(model.params, n)) for n in prior.estimated])
     l0 = np.zeros((nw, nl))
     if isinstance(model.meals, LatentMeals):

@@ -90,6 +90,7 @@ from ._covariates import (
     regression_m_step,
 )
 from ._distributed import (
+    auto_axes,
     gather_to_host,
     is_main_process,
     place_on,
@@ -984,16 +985,7 @@ class _Engine:
         covariates: np.ndarray | None = None,
         free: np.ndarray | None = None,
     ) -> _Engine:
-        auto = None
-        if mesh is not None:
-            # shardings on a copy of the mesh with automatic axis types: with explicit
-            # axes (`jax.make_mesh`'s default) the traced arrays carry sharding types
-            # and diffrax's in-place buffer updates are rejected
-            auto = jax.sharding.Mesh(
-                mesh.devices,
-                mesh.axis_names,
-                axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
-            )
+        auto = None if mesh is None else auto_axes(mesh)
         win = problem.windows
         obj0 = problem.objective(0)
         n, p = problem.n_patients, problem.n_params

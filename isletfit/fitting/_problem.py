@@ -524,7 +524,7 @@ class Objective(eqx.Module):
         """Per-window unknowns u_w = [theta, log B_w, sensor gain z, offset z]."""
         p = self.n_params
         theta, knots, cal = self.split(g)
-        xp = np if isinstance(g, np.ndarray) else jnp  # numpy stays on the host
+        xp = jnp if isinstance(g, jax.Array) else np  # numpy stays on the host
         interp, session = self.windows.interp, self.windows.session
         if xp is np:
             interp, session = np.asarray(interp), np.asarray(session)

@@ -23,6 +23,27 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _check_weight(w) -> None:
+    """Body weight: a positive scalar [kg] (its value checked where concrete)."""
+    if w.ndim != 0:
+        raise ValueError(f"Inputs.weight_kg must be a scalar [kg], got {w.shape}")
+    if _is_concrete(w) and not (np.isfinite(w) and float(w) > 0):
+        raise ValueError(f"Inputs.weight_kg must be > 0 [kg], got {float(w)}")
+
+
+def _check_shapes(name_t: str, t, name_v: str, v, unit: str) -> None:
+    """An event series' times and amounts: 1-D, of the same length."""
+    if t.ndim != 1:
+        raise ValueError(f"Inputs.{name_t} must be 1-D [min], got shape {t.shape}")
+    if v.ndim != 1:
+        raise ValueError(f"Inputs.{name_v} must be 1-D [{unit}], got shape {v.shape}")
+    if t.shape != v.shape:
+        raise ValueError(
+            f"Inputs.{name_t} and Inputs.{name_v} must have the same length, got "
+            f"{t.shape[0]} and {v.shape[0]}"
+        )
+
+
 def _check_events(name_t: str, tn, name_v: str, vn, unit: str, *, allow_inf=True):
     """Validate one concrete event series (host arrays; see `_events`)."""
     if np.isnan(tn).any() or (np.isinf(tn) & ((tn < 0) | (vn != 0))).any():
@@ -52,15 +73,7 @@ def _events(
     """Validate one event series (1-D, same length, sorted, finite, non-negative)."""
     t = jnp.asarray(times if times is not None else [], dtype=float)
     v = jnp.asarray(values if values is not None else [], dtype=float)
-    if t.ndim != 1:
-        raise ValueError(f"Inputs.{name_t} must be 1-D [min], got shape {t.shape}")
-    if v.ndim != 1:
-        raise ValueError(f"Inputs.{name_v} must be 1-D [{unit}], got shape {v.shape}")
-    if t.shape != v.shape:
-        raise ValueError(
-            f"Inputs.{name_t} and Inputs.{name_v} must have the same length, got "
-            f"{t.shape[0]} and {v.shape[0]}"
-        )
+    _check_shapes(name_t, t, name_v, v, unit)
     if _is_concrete(t) and _is_concrete(v):
         _check_events(
             name_t, np.asarray(t), name_v, np.asarray(v), unit, allow_inf=allow_inf
@@ -137,10 +150,7 @@ class Inputs(eqx.Module):
         basal_u_per_h: ArrayLike | Sequence[float] = (),
     ):
         w = jnp.asarray(weight_kg, dtype=float)
-        if w.ndim != 0:
-            raise ValueError(f"Inputs.weight_kg must be a scalar [kg], got {w.shape}")
-        if _is_concrete(w) and not (np.isfinite(w) and float(w) > 0):
-            raise ValueError(f"Inputs.weight_kg must be > 0 [kg], got {float(w)}")
+        _check_weight(w)
         mt, mg = _events("meal_times", meal_times, "meal_carbs_g", meal_carbs_g, "g")
         bt, bu = _events("bolus_times", bolus_times, "bolus_u", bolus_u, "U")
         st, su = _events(
@@ -248,10 +258,7 @@ def stack_host(weight_kg: float, windows: Sequence[dict[str, np.ndarray]]) -> In
     if len(windows) == 0:
         raise ValueError("stack_host needs at least one window")
     w = np.asarray(weight_kg, float)
-    if w.ndim != 0:
-        raise ValueError(f"Inputs.weight_kg must be a scalar [kg], got {w.shape}")
-    if not (np.isfinite(w) and w > 0):
-        raise ValueError(f"Inputs.weight_kg must be > 0 [kg], got {float(w)}")
+    _check_weight(w)
     w = float(w)
     series = {
         "meal": ("meal_times", "meal_carbs_g", "g"),
@@ -264,11 +271,7 @@ def stack_host(weight_kg: float, windows: Sequence[dict[str, np.ndarray]]) -> In
         for window in windows:
             t = np.asarray(window.get(name_t, ()), float)
             v = np.asarray(window.get(name_v, ()), float)
-            if t.ndim != 1 or v.ndim != 1 or t.shape != v.shape:
-                raise ValueError(
-                    f"Inputs.{name_t} and Inputs.{name_v} must be 1-D of the same "
-                    f"length, got shapes {t.shape} and {v.shape}"
-                )
+            _check_shapes(name_t, t, name_v, v, unit)
             _check_events(name_t, t, name_v, v, unit)
             times.append(t)
             amounts.append(v)
