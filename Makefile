@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Two workers on the 2-core CI machine; override with `make test PYTEST_WORKERS=0`.
+# The tests of a module run on one worker (`--dist loadscope`), so its module-scoped
+# fixtures (a simulated cohort, a population fit) and compiled programs are built once.
 PYTEST_WORKERS ?= 2
+PYTEST_DIST := $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadscope)
 
 .PHONY: demo test test-slow test-gpu bench lint format clean
 
@@ -18,10 +21,10 @@ demo: $(STAMP)
 	$(BIN)/isletfit demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS) $(PYTEST_DIST)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow" -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -m "slow" -n $(PYTEST_WORKERS) $(PYTEST_DIST)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m "gpu"

@@ -21,7 +21,8 @@ device (``FitModel(grid=None)``; ``adaptive_*``). Also in the same run:
 
 Run: ``python benchmarks/fit.py [--quick] [--json] [--skip-lbfgs] [--only-fits]``. The full run
 takes tens of minutes on a 2-core CPU (the scipy baseline about 9, L-BFGS about 10);
-``--quick`` uses 2 visits x 2 days and skips L-BFGS. The warm figure is the median of
+``--quick`` uses 2 visits x 2 days, one warm fit, and skips L-BFGS, the one-device
+and adaptive fits and the fresh-Jacobian solve. The warm figure is the median of
 three fits with different starting jitter. Also timed: one Levenberg–Marquardt solve
 with chord steps (held Jacobians, the default) and with a fresh Jacobian at every
 trial point.
@@ -151,7 +152,9 @@ def rmse_of(problem, x) -> float:
     return float(np.sqrt(np.mean(err**2)))
 
 
-def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object, dict]:
+def _cold_and_warm(
+    patient, model, kw, keys=(1, 2, 3)
+) -> tuple[float, list[float], object, dict]:
     """First fit [s] (key 0), warm fits [s] sorted, median warm result, results by key.
 
     The warm figure is a median because the starting jitter differs between keys,
@@ -161,12 +164,41 @@ def _cold_and_warm(patient, model, kw) -> tuple[float, list[float], object, dict
     fit_patient(patient, key=jax.random.key(0), model=model, **kw)
     first = time.perf_counter() - start
     warm, by_key = [], {}
-    for k in (1, 2, 3):
+    for k in keys:
         start = time.perf_counter()
         by_key[k] = fit_patient(patient, key=jax.random.key(k), model=model, **kw)
         warm.append((time.perf_counter() - start, by_key[k]))
     warm.sort(key=lambda x: x[0])
-    return first, [t for t, _ in warm], warm[1][1], by_key
+    times = [t for t, _ in warm]
+    return (
+        first,
+        [times[0], times[len(times) // 2], times[-1]],
+        warm[len(warm) // 2][1],
+        by_key,
+    )
+
+
+def _one_device_and_adaptive(patient, kw, figures, warm, res, split) -> None:
+    """The same fits on one device, and with the adaptive solver (one device)."""
+    # the one-device fits (the first call compiles the one-device programs)
+    first, warm_1, res_1, one = _cold_and_warm(patient, FitModel(), kw)
+    figures["one_device_first_s"], figures["one_device_warm_s"] = first, warm_1[1]
+    figures["one_device_iterations"] = res_1.iterations
+    figures["split_speedup_warm_ratio"] = warm_1[1] / warm[1]
+    figures["split_minus_one_device_max_abs_log_b"] = max(  # the same keys
+        float(np.max(np.abs(split[k].log_b - one[k].log_b))) for k in split
+    )
+    # the adaptive solver (`FitModel(grid=None)`), the fixed grid's baseline
+    first, warm_a, res_a, _ = _cold_and_warm(patient, FitModel(grid=None), kw)
+    figures["adaptive_first_s"], figures["adaptive_warm_s"] = first, warm_a[1]
+    figures["adaptive_iterations"] = res_a.iterations
+    figures["adaptive_rmse_mg_dl"] = res_a.rmse_mg_dl
+    figures["adaptive_over_grid_warm_ratio"] = (
+        figures["adaptive_warm_s"] / figures["one_device_warm_s"]
+    )
+    figures["adaptive_minus_grid_max_abs_log_b"] = float(
+        np.max(np.abs(np.asarray(res_a.log_b) - np.asarray(res.log_b)))
+    )
 
 
 def main() -> None:
@@ -186,7 +218,11 @@ def main() -> None:
     kw = dict(weight_kg=70.0, transplant_date=REFERENCE)
     devices = len(jax.devices())
     mesh = jax.make_mesh((devices,), ("windows",)) if devices > 1 else None
-    cold, warm, res, split = _cold_and_warm(patient, FitModel(), dict(kw, mesh=mesh))
+    # --quick: one warm fit, and neither the one-device nor the adaptive comparison
+    keys = (1,) if args.quick else (1, 2, 3)
+    cold, warm, res, split = _cold_and_warm(
+        patient, FitModel(), dict(kw, mesh=mesh), keys
+    )
     figures["isletfit_devices"] = devices
     figures["isletfit_cold_s"] = cold
     figures["isletfit_warm_min_s"], figures["isletfit_warm_s"] = warm[0], warm[1]
@@ -195,25 +231,8 @@ def main() -> None:
     figures["isletfit_iterations"] = res.iterations
     figures["windows"] = res.info.n_windows
     figures["readings"] = res.n_readings
-    # the same fits on one device (its first call compiles the one-device programs)
-    first, warm_1, res_1, one = _cold_and_warm(patient, FitModel(), kw)
-    figures["one_device_first_s"], figures["one_device_warm_s"] = first, warm_1[1]
-    figures["one_device_iterations"] = res_1.iterations
-    figures["split_speedup_warm_ratio"] = warm_1[1] / warm[1]
-    figures["split_minus_one_device_max_abs_log_b"] = max(  # the same keys
-        float(np.max(np.abs(split[k].log_b - one[k].log_b))) for k in split
-    )
-    # the adaptive solver (`FitModel(grid=None)`), one device, same process
-    first, warm_a, res_a, _ = _cold_and_warm(patient, FitModel(grid=None), kw)
-    figures["adaptive_first_s"], figures["adaptive_warm_s"] = first, warm_a[1]
-    figures["adaptive_iterations"] = res_a.iterations
-    figures["adaptive_rmse_mg_dl"] = res_a.rmse_mg_dl
-    figures["adaptive_over_grid_warm_ratio"] = (
-        figures["adaptive_warm_s"] / figures["one_device_warm_s"]
-    )
-    figures["adaptive_minus_grid_max_abs_log_b"] = float(
-        np.max(np.abs(np.asarray(res_a.log_b) - np.asarray(res.log_b)))
-    )
+    if not args.quick:
+        _one_device_and_adaptive(patient, kw, figures, warm, res, split)
     if args.only_fits:
         report(figures, as_json=args.json, title="isletfit fit of one patient")
         return
@@ -261,16 +280,16 @@ def main() -> None:
     figures["lm_cost"] = float(out.blocks.cost)
     figures["lm_iterations"] = int(out.iterations)
     figures["lm_jacobians"] = int(out.jacobians)
-    # the same with a fresh Jacobian at every trial point (no chord steps)
-    plain = LevenbergMarquardt(reuse_jacobian=0)
-    ref = _solve(obj, plain, g0, l0, noise, weights, jnp.asarray(plain.max_iter))
-    start = time.perf_counter()
-    ref = jax.block_until_ready(
-        _solve(obj, plain, g0, l0, noise, weights, jnp.asarray(plain.max_iter))
-    )
-    figures["lm_fresh_jacobians_s"] = time.perf_counter() - start
-    figures["lm_fresh_jacobians_cost"] = float(ref.blocks.cost)
-    figures["lm_fresh_jacobians_iterations"] = int(ref.iterations)
+    if not args.quick:  # the same with a fresh Jacobian at every trial point
+        plain = LevenbergMarquardt(reuse_jacobian=0)
+        ref = _solve(obj, plain, g0, l0, noise, weights, jnp.asarray(plain.max_iter))
+        start = time.perf_counter()
+        ref = jax.block_until_ready(
+            _solve(obj, plain, g0, l0, noise, weights, jnp.asarray(plain.max_iter))
+        )
+        figures["lm_fresh_jacobians_s"] = time.perf_counter() - start
+        figures["lm_fresh_jacobians_cost"] = float(ref.blocks.cost)
+        figures["lm_fresh_jacobians_iterations"] = int(ref.iterations)
 
     def value(z, _):
         g, loc = z

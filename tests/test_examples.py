@@ -1,5 +1,6 @@
 """Every example runs with --quick (as a user would run it)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,13 @@ def test_example_runs_quick(script, tmp_path):
         text=True,
         cwd=tmp_path,
         timeout=600,
-        env={"MPLBACKEND": "Agg", "PATH": "", "HOME": str(tmp_path)},
+        env={
+            "MPLBACKEND": "Agg",
+            "PATH": "",
+            "HOME": str(tmp_path),
+            # the run's compilation cache (tests/conftest.py)
+            "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
+        },
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()

@@ -577,14 +577,14 @@ def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
 
     An interrupted SQUAREM run resumes exactly.
 
-    The E-steps are solved more tightly than by default (ODE rtol 1e-7, optimiser
-    atol 1e-7): at the defaults the EM map is noisy at about the tolerance in the
+    The E-steps are solved more tightly than by default (optimiser atol 1e-7) on the
+    fixed-grid windows, whose cost is a smooth function of the unknowns: at the
+    default tolerance the EM map is noisy at about the EM's own tolerance in the
     weakly identified directions (each E-step's optimiser stops within its own
-    tolerance on a cost with numerical noise from the adaptive ODE solves), and no
-    strategy converges faster than that noise allows. Both runs stop on "change <
-    tol", which the plain EM meets before the slow ω of ``kabs`` (high shrinkage, EM
-    rate near 1) has settled, so the two stopping points agree to about 1e-2, not
-    to ``tol``.
+    tolerance), and no strategy converges faster than that noise allows. Both runs
+    stop on "change < tol", which the plain EM meets before the slow ω of ``kabs``
+    (high shrinkage, EM rate near 1) has settled, so the two stopping points agree
+    to about 1e-2, not to ``tol``.
     """
     patients, sheet = data
     kwargs = dict(
@@ -592,7 +592,6 @@ def test_squarem_fit_needs_fewer_e_steps(data, tmp_path):
         key=jax.random.key(SEED),
         starts=1,
         tol=1e-3,
-        model=FitModel(rtol=1e-7, grid=None),
         optimiser=LevenbergMarquardt(atol=1e-7, rtol=1e-13),
         e_step_iterations=None,  # complete E-steps: the strategies' own rates
         tol_se=0.0,  # on the same absolute tolerance (with 0.05 SE both stop at 7)
