@@ -155,7 +155,7 @@ def rmse_of(problem, x) -> float:
 def _cold_and_warm(
     patient, model, kw, keys=(1, 2, 3)
 ) -> tuple[float, list[float], object, dict]:
-    """First fit [s] (key 0), warm fits [s] sorted, median warm result, results by key.
+    """First fit [s] (key 0), warm [min, median, max] [s], median result, results by key.
 
     The warm figure is a median because the starting jitter differs between keys,
     and with it the number of iterations.
