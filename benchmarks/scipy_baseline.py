@@ -27,6 +27,21 @@ RTOL = 1e-7
 DIFF_STEP = 1e-4
 
 
+def physical(problem: dict, theta: np.ndarray) -> dict[str, float]:
+    """Values of the estimated parameters from their logs θ, softly bounded.
+
+    The same map as isletfit's objective (`Objective.params_from`): θ' = ℓ + s(h −
+    s(h − θ) − ℓ) with s(x) = log(1 + e^{kx})/k, ℓ and h the logs of the field's
+    physiological bounds, k the sharpness (``problem["theta_lo"]``, ``["theta_hi"]``,
+    ``["bound_sharpness"]``).
+    """
+    k = problem["bound_sharpness"]
+    lo, hi = problem["theta_lo"], problem["theta_hi"]
+    soft = lambda x: np.logaddexp(0.0, k * x) / k  # noqa: E731
+    value = np.exp(lo + soft(hi - soft(hi - np.asarray(theta)) - lo))
+    return {n: float(v) for n, v in zip(problem["names"], value, strict=True)}
+
+
 def _softplus(x, w):
     return w * np.logaddexp(0.0, x / w)
 
@@ -175,11 +190,7 @@ def fit(problem: dict, x0: np.ndarray, *, max_nfev: int | None = None):
         max_nfev: Cap on function evaluations.
     """
     base = problem["base"]
-    names, n_theta, n_knots = (
-        problem["names"],
-        len(problem["names"]),
-        problem["n_knots"],
-    )
+    n_theta, n_knots = len(problem["names"]), problem["n_knots"]
     windows = problem["windows"]
     sigma, phi = problem["sigma"], problem["phi"]
 
@@ -189,7 +200,7 @@ def fit(problem: dict, x0: np.ndarray, *, max_nfev: int | None = None):
         out = []
         for w, win in enumerate(windows):
             p = dict(base)
-            p.update({n: float(np.exp(t)) for n, t in zip(names, theta, strict=True)})
+            p.update(physical(problem, theta))
             p["vmx"] *= float(np.exp(local[w, 1]))
             b = float(np.exp(win["interp"] @ knots)) if win["graft_on"] else 0.0
             pred = simulate_window(p, b, win, float(np.exp(local[w, 0])))

@@ -467,3 +467,63 @@ def test_windows_split_over_host_devices_give_the_one_device_fit(tmp_path):
     a, b = (np.asarray(x) for x in out["predicted"])
     np.testing.assert_allclose(b, a, atol=1e-6)
     assert "one-axis mesh" in out["error"] and "'mesh'" in out["error"]
+
+
+@pytest.mark.slow
+def test_float32_jacobians_keep_the_cost_exact_and_the_optimum(tmp_path):
+    """`FitModel(jacobian_dtype=float32)`: the window-local clock is exact, the cost
+    and residuals stay float64, the Gauss–Newton blocks are within float32 rounding,
+    and the fit reaches the float64 optimum well inside its standard errors."""
+    import equinox as eqx
+
+    from isletfit.fitting import Prior
+    from isletfit.fitting._fit import _linearise, _pad_events, _window_local
+    from isletfit.fitting._problem import Objective
+
+    # a year into the record, where float32 minutes since the reference are coarse
+    patient, _ = synthetic_patient(
+        tmp_path / "p.csv", seed=4, blocks=((-7, 2), (330, 2))
+    )
+    kw = dict(weight_kg=70.0, transplant_day=patient_day(patient, 0.0))
+    f32 = FitModel(jacobian_dtype=np.dtype(np.float32))
+    windows, _ = prepare_windows(patient, model=f32, **kw)
+    windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
+    obj = Objective(windows=windows, model=f32, prior=Prior())
+    assert float(jnp.max(windows.ts)) > 4e5  # minutes since the reference
+    p = obj.n_params
+    g = jnp.concatenate(
+        [
+            obj.prior_centre() + 0.1,
+            jnp.where(windows.knot_valid, jnp.log(0.5), 0.0),
+            jnp.full(2 * obj.n_sessions, 0.3),
+        ]
+    )
+    loc = jnp.full((windows.ts.shape[0], obj.n_local), 0.05)
+    u = obj.to_window(g)
+    # shifting every time of a window by its start changes nothing (in float64)
+    local = _window_local(obj, jnp.float64)
+    for w in range(4):
+        a, _ = obj.simulate_window(u[w, : p + 1], loc[w], w)
+        b, _ = local.simulate_window(u[w, : p + 1], loc[w], w)
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-9)
+    noise = (jnp.asarray(8.0), jnp.asarray(0.3))
+    weights = jnp.ones(windows.obs.shape)
+    lin = eqx.filter_jit(lambda o, g, lo: _linearise(o, g, lo, noise, weights)[0])
+    mixed = lin(obj, g, loc)
+    exact = lin(eqx.tree_at(lambda o: o.model, obj, FitModel()), g, loc)
+    assert mixed.hgg.dtype == jnp.float64
+    assert float(mixed.cost) == pytest.approx(float(exact.cost), rel=1e-13)
+    for name in ("hgg", "bg", "hll", "hgl", "bl"):
+        a, b = np.asarray(getattr(exact, name)), np.asarray(getattr(mixed, name))
+        assert np.max(np.abs(b - a)) <= 1e-4 * np.max(np.abs(a)), name
+        assert np.max(np.abs(b - a)) > 0.0, name  # float32 tangents were used
+
+    fit_kw = dict(
+        weight_kg=70.0, transplant_date=REFERENCE, starts=1, key=jax.random.key(0)
+    )
+    ref = fit_patient(patient, **fit_kw)
+    res = fit_patient(patient, model=f32, **fit_kw)
+    assert res.converged and ref.converged
+    se = np.sqrt(np.diag(ref.cov))[ref.theta.size :]
+    assert np.all(np.abs(res.log_b - ref.log_b) < 0.01 * se)
+    np.testing.assert_allclose(res.cov, ref.cov, rtol=0.01, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import numpy as np
 
 from ..model import FixedGrid, Params
 
@@ -196,6 +197,17 @@ class FitModel(eqx.Module):
             fails and the optimiser rejects it, so B estimates stay below that (use a
             smaller ``FixedGrid(max_step=...)`` for more). None: the adaptive Tsit5
             solver with tolerance ``rtol`` and at most ``max_steps`` steps.
+        jacobian_dtype: Precision of the forward-mode tangents of the ODE solves,
+            which make up the Gauss–Newton matrix and the gradient's Jacobian; the
+            residuals, the cost and so the optimum stay in the unknowns' precision
+            (`isletfit.fitting._fit._mixed_jacobians`). ``np.dtype("float32")``
+            makes a Jacobian of 88 day-windows 1.4× faster on one CPU core (twice
+            the lanes per vector instruction) at a relative error of about 1e-5 in
+            the Gauss–Newton blocks (log B within 5e-5 of the float64 fit), but
+            adds a full-precision forward solve to every Jacobian and about 3 s of
+            compilation: a warm one-device fit of 6 × 14 days 1.2× faster, a fit
+            split over two cores not faster (benchmarks/RESULTS.md). None (default):
+            the unknowns' precision.
         max_steps: Adaptive solver steps allowed per day-window (a day takes
             500–1000); a trial point that needs more is rejected by the optimiser
             instead of stalling it.
@@ -215,6 +227,7 @@ class FitModel(eqx.Module):
     robust_band: bool = True
     rtol: float = 1e-5
     grid: FixedGrid | None = FixedGrid()
+    jacobian_dtype: np.dtype | None = None
     max_steps: int = 4096
     noise: GaussianNoise | StudentTNoise = GaussianNoise()
     meals: LoggedMeals | LatentMeals = LoggedMeals()

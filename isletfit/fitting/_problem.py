@@ -60,7 +60,7 @@ def soft_bounded(name: str, theta):
         theta: Log of the value [log units].
     """
     row = next(r for r in param_info() if r["name"] == name)
-    lo, hi = np.log(max(row["lower"], 1e-12)), np.log(row["upper"])
+    lo, hi = float(np.log(max(row["lower"], 1e-12))), float(np.log(row["upper"]))
     k = _BOUND_SHARPNESS
     xp = jnp if isinstance(theta, jax.Array) else np
     soft = lambda x: xp.logaddexp(0.0, k * x) / k  # noqa: E731  (softplus)
