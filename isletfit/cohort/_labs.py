@@ -47,7 +47,15 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
-from ..model import Inputs, Params, fluxes, simulate, steady_state
+from ..model import (
+    FixedGrid,
+    Inputs,
+    Params,
+    fluxes,
+    simulate,
+    simulate_grid,
+    steady_state,
+)
 
 __all__ = [
     "CPeptideKinetics",
@@ -240,7 +248,7 @@ def mixed_meal_test(
     basal_u_per_h: Float[ArrayLike, ""],
     weight_kg: Float[ArrayLike, ""],
     test: MixedMealTest = MixedMealTest(),
-    solver: dfx.AbstractSolver = dfx.Tsit5(),
+    solver: dfx.AbstractSolver | FixedGrid = dfx.Tsit5(),
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
     max_steps: int = 4096,
 ) -> MixedMealTestResult:
@@ -253,7 +261,9 @@ def mixed_meal_test(
         basal_u_per_h: Basal insulin running during the test [U/h].
         weight_kg: Body weight [kg].
         test: The test protocol.
-        solver: diffrax solver.
+        solver: diffrax solver, or a `FixedGrid` (`isletfit.model.simulate_grid`,
+            steps of at most 1 min; ``stepsize_controller`` and ``max_steps``
+            unused).
         stepsize_controller: diffrax step-size controller (default: the model's).
         max_steps: Solver step limit.
 
@@ -273,17 +283,31 @@ def mixed_meal_test(
     y0 = steady_state(params, b=b, basal=inputs.basal[0])
     n = round(test.duration_min) + 1
     ts = jnp.arange(n, dtype=dtype)
-    sim = simulate(
-        params,
-        inputs,
-        ts,
-        b=b,
-        y0=y0,
-        t0=0.0,
-        solver=solver,
-        stepsize_controller=stepsize_controller,
-        max_steps=max_steps,
-    )
+    if isinstance(solver, FixedGrid):
+        sim = simulate_grid(
+            params,
+            inputs,
+            ts,
+            b=b,
+            y0=y0,
+            t0=0.0,
+            grid=solver,
+            substeps=solver.steps_for(1.0),
+            warmup_steps=0,
+            save_state=True,
+        )
+    else:
+        sim = simulate(
+            params,
+            inputs,
+            ts,
+            b=b,
+            y0=y0,
+            t0=0.0,
+            solver=solver,
+            stepsize_controller=stepsize_controller,
+            max_steps=max_steps,
+        )
     secretion = jax.vmap(lambda t, y: fluxes(t, y, (params, inputs, b))["secretion"])(
         ts, sim.state
     )

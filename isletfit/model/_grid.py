@@ -47,7 +47,7 @@ from ._simulate import Simulation, stable_step, with_doses
 from ._state import State
 from ._steady_state import steady_state
 
-__all__ = ["FixedGrid", "real_stability_limit", "simulate_grid"]
+__all__ = ["FixedGrid", "grid_solve", "real_stability_limit", "simulate_grid"]
 
 
 def butcher_arrays(tableau: dfx.ButcherTableau) -> tuple[np.ndarray, np.ndarray]:
@@ -207,12 +207,14 @@ def simulate_grid(
     grid: FixedGrid | None = None,
     substeps: int | None = None,
     warmup_steps: int | None = None,
+    save_state: bool = False,
 ) -> Simulation:
     """Simulate one window with fixed steps on a grid that holds every input event.
 
     Same model, inputs and semantics as `simulate` (doses at their exact times, events
     before ``t0`` ignored except the basal rate in effect at ``t0``), integrated in one
-    fused loop: see the module docstring. Saves glucose, CGM and insulin only.
+    fused loop: see the module docstring. Saves glucose, CGM and insulin, and with
+    ``save_state`` every compartment.
 
     Args:
         params: Model parameters (scalar leaves; ``vmap`` for a population).
@@ -228,17 +230,53 @@ def simulate_grid(
             ``grid.max_step`` (``ts`` must then be concrete).
         warmup_steps: Steps from ``t0`` to ``ts[0]``. Default: from ``t0``, ``ts`` and
             ``grid.max_step`` (0 when ``t0`` is not given).
+        save_state: Also save all compartments at ``ts`` (after any event at exactly
+            that time, as `simulate` does).
 
     Returns:
-        A `Simulation` with ``state=None``. It never raises on traced values: a window
-        whose steps exceed the stability bound (or, traced, whose ``t0`` precedes
-        ``ts[0]`` with ``warmup_steps=0``) is marked ``diffrax.RESULTS.breakdown``, one
-        with non-finite output ``diffrax.RESULTS.nonfinite``.
+        A `Simulation` (``state=None`` unless ``save_state``). It never raises on
+        traced values: a window whose steps exceed the stability bound (or, traced,
+        whose ``t0`` precedes ``ts[0]`` with ``warmup_steps=0``) is marked
+        ``diffrax.RESULTS.breakdown``, one with non-finite output
+        ``diffrax.RESULTS.nonfinite``.
 
     Raises:
         ValueError: ``ts`` is not a non-empty 1-D array, a step count cannot be
             derived (traced times) or is negative, or a concrete ``t0`` precedes
             ``ts[0]`` with ``warmup_steps=0``.
+    """
+    sim, _ = grid_solve(
+        params,
+        inputs,
+        ts,
+        b=b,
+        y0=y0,
+        t0=t0,
+        grid=grid,
+        substeps=substeps,
+        warmup_steps=warmup_steps,
+        save_state=save_state,
+    )
+    return sim
+
+
+def grid_solve(
+    params: Params,
+    inputs: Inputs,
+    ts: Float[ArrayLike, " times"],
+    *,
+    b: Float[ArrayLike, ""] = 0.0,
+    y0: State | None = None,
+    t0: Float[ArrayLike, ""] | None = None,
+    grid: FixedGrid | None = None,
+    substeps: int | None = None,
+    warmup_steps: int | None = None,
+    save_state: bool = False,
+) -> tuple[Simulation, State]:
+    """`simulate_grid`, and the state at ``ts[-1]`` (doses at that time included).
+
+    For simulations that go on from where one window ends (the segments of
+    `isletfit.cohort`); arguments and errors as `simulate_grid`.
     """
     ts = jnp.asarray(ts, dtype=jnp.result_type(params.vg, float))
     if ts.ndim != 1 or ts.shape[0] < 1:
@@ -297,6 +335,9 @@ def simulate_grid(
         warm = t0 + (ts[0] - t0) * (i.astype(ts.dtype) / max(w, 1))
         return jnp.where(i <= w, warm, main)
 
+    def true_state(y, j):  # the state from the shifted one, doses to row j
+        return with_doses(y, table[1, j], table[2, j])
+
     def body(carry, _):
         t, i, j, y, out, steps = carry
         done = i >= n_grid
@@ -313,36 +354,51 @@ def simulate_grid(
         k = i - w
         record = adv_i & (k >= 0) & (k % s == 0)
         slot = jnp.where(record, k // s, n)
-        out = out.at[:, slot].set(jnp.stack([y.gp, y.gs, y.ip]), mode="drop")
+        if save_state:
+            out = jax.tree.map(
+                lambda o, v: o.at[slot].set(v, mode="drop"), out, true_state(y, j)
+            )
+        else:
+            out = out.at[:, slot].set(jnp.stack([y.gp, y.gs, y.ip]), mode="drop")
         return (t_b, i, j, y, out, steps + (h > 0).astype(steps.dtype)), None
 
     j0 = jnp.searchsorted(events, t0, side="right").astype(jnp.int32)
-    out0 = jnp.zeros((3, n), ts.dtype)
-    if w == 0:  # the first output is the start (doses at t0 do not move gp, gs, ip)
-        out0 = out0.at[:, 0].set(jnp.stack([y0.gp, y0.gs, y0.ip]))
+    if save_state:
+        out0 = jax.tree.map(lambda v: jnp.zeros((n,), ts.dtype), y0)
+        if w == 0:  # the first output is the start, with the doses at t0
+            out0 = jax.tree.map(lambda o, v: o.at[0].set(v), out0, true_state(y0, j0))
+    else:
+        out0 = jnp.zeros((3, n), ts.dtype)
+        if w == 0:  # the first output is the start (doses at t0 move none of these)
+            out0 = out0.at[:, 0].set(jnp.stack([y0.gp, y0.gs, y0.ip]))
     carry = (t0, jnp.int32(0), j0, y0, out0, jnp.int32(0))
-    (_, _, _, _, out, steps), _ = jax.lax.scan(
+    (_, _, j_end, y_end, out, steps), _ = jax.lax.scan(
         body, carry, None, length=n_grid + n_events, unroll=grid.unroll
     )
-    gp, gs, ip = out
+    state = out if save_state else None
+    gp, gs, ip = (out.gp, out.gs, out.ip) if save_state else out
     h_max = jnp.maximum(
         jnp.max(jnp.diff(ts), initial=0.0) / s, (ts[0] - t0) / max(w, 1)
     )
     stable = h_max <= grid.max_h_lambda * stable_step(params, b, factor=1.0)
     # without warm-up steps the first output is the start itself
     stable = stable & ((w > 0) | (t0 == ts[0]))
-    finite = jnp.all(jnp.isfinite(out))
+    finite = jnp.all(jnp.isfinite(jnp.stack([gp, gs, ip])))
+    finite = finite & jnp.all(
+        jnp.stack([jnp.isfinite(v) for v in jax.tree.leaves(y_end)])
+    )
     result = dfx.RESULTS.where(
         stable,
         dfx.RESULTS.where(finite, dfx.RESULTS.successful, dfx.RESULTS.nonfinite),
         dfx.RESULTS.breakdown,
     )
-    return Simulation(
+    sim = Simulation(
         ts=ts,
-        state=None,
+        state=state,
         glucose=gp / params.vg,
         cgm=gs,
         insulin=ip / params.vi,
         result=result,
         num_steps=steps,
     )
+    return sim, true_state(y_end, j_end)
