@@ -20,7 +20,14 @@ from ..model import FixedGrid, default_controller
 from ._labs import MixedMealTest
 from ._population import Population, VirtualPatients, patient_keys, sample_patients
 from ._sensor import SensorModel
-from ._simulate import _PER_DAY, VisitPlan, _Config, _simulate_chunk
+from ._simulate import (
+    _PER_DAY,
+    QUICK_COMPILE_PATIENT_DAYS,
+    VisitPlan,
+    _Config,
+    _simulate_chunk,
+    _simulate_chunk_quick_compile,
+)
 from ._titration import TitrationProtocol
 
 __all__ = ["Cohort", "simulate_cohort", "simulate_patients"]
@@ -309,13 +316,15 @@ def simulate_patients(
     )
     chunk = max(1, min(int(chunk_size), n))
     chunk = -(-chunk // len(devices)) * len(devices)  # a multiple of the devices
+    # a small cohort on a CPU: compile for a short compilation, not for speed
+    small = chunk * len(visits.schedule()["day"]) <= QUICK_COMPILE_PATIENT_DAYS
+    quick = small and -(-n // chunk) == 1 and jax.default_backend() == "cpu"
+    program = _simulate_chunk_quick_compile if quick else _simulate_chunk
     pieces = []
     for lo in range(0, n, chunk):
         idx = np.arange(lo, lo + chunk)
         idx = np.where(idx < n, idx, lo)  # pad the last chunk with its first patient
-        out = _simulate_chunk(
-            cfg, patients.take(idx), keys[idx], solver, controller, mesh
-        )
+        out = program(cfg, patients.take(idx), keys[idx], solver, controller, mesh)
         keep = int(min(chunk, n - lo))
         pieces.append(jax.tree.map(lambda x, k=keep: np.asarray(x)[:k], out))
         if progress is not None:

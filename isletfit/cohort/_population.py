@@ -42,6 +42,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import equinox as eqx
 import jax
@@ -390,7 +391,12 @@ def sample_patients(
     return _sample_batch(population, patient_keys(key, int(n)))
 
 
-@eqx.filter_jit
+# Compiled with the CPU backend's optimisation level 0: a program run once per cohort,
+# whose compilation that halves (2-core CPU: 3.5 against 6.5 s) while drawing 1,000
+# patients takes 0.7 instead of 0.2 s.
+@functools.partial(
+    eqx.filter_jit, compiler_options={"xla_backend_optimization_level": 0}
+)
 def _sample_batch(population: Population, keys) -> VirtualPatients:
     return jax.vmap(lambda k: _sample_one(population, k))(keys)
 
