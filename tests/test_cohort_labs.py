@@ -149,3 +149,24 @@ def test_kinetics_module_is_a_pytree():
     k = CPeptideKinetics(k1=0.05, k2=0.05, k3=0.06, volume_l=4.0)
     leaves = jax.tree.leaves(k)
     assert len(leaves) == 4
+
+
+def test_mixed_meal_test_on_the_fixed_grid_matches_the_adaptive_solve():
+    """The cohort's default integrator (`FixedGrid`, 1-min steps here) reads the same
+    C-peptide and glucose as the adaptive solver."""
+    from isletfit.model import FixedGrid
+
+    p = Params()
+    k = van_cauter_kinetics(40.0, 1.9, False)
+    for b, basal in ((1.0, 0.0), (0.3, 0.6)):
+        kw = dict(b=b, basal_u_per_h=basal, weight_kg=75.0)
+        ref = mixed_meal_test(p, k, **kw)
+        grid = mixed_meal_test(p, k, solver=FixedGrid(), **kw)
+        assert bool(grid.successful)
+        for name in ("fasting_c_peptide", "stimulated_c_peptide", "peak_c_peptide"):
+            assert float(getattr(grid, name)) == pytest.approx(
+                float(getattr(ref, name)), rel=2e-3
+            ), name
+        assert float(grid.glucose_stimulated) == pytest.approx(
+            float(ref.glucose_stimulated), abs=0.05
+        )

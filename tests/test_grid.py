@@ -245,3 +245,41 @@ def test_a_warm_up_without_steps_is_refused_or_flagged():
     )
     assert not bool(traced(jnp.asarray(T0)))
     assert bool(traced(jnp.asarray(0.0)))
+
+
+def test_saved_states_and_the_end_state_match_a_tight_adaptive_solve():
+    """``save_state=True`` saves every compartment after the events at each output
+    time (a meal and a bolus fall on one at 18:36), as `simulate` does; `grid_solve`'s
+    end state is the last saved one."""
+    from isletfit.model._grid import grid_solve
+
+    params, inputs = Params(), _inputs()
+    ts = jnp.asarray([0.0, 7.3 * 60, 12 * 60.0, 18.6 * 60, 1400.0, 1435.0])
+    ref = simulate(
+        params, inputs, ts, b=0.5, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
+    )
+    sim, end = grid_solve(
+        params,
+        inputs,
+        ts,
+        b=0.5,
+        t0=T0,
+        substeps=600,
+        warmup_steps=700,
+        save_state=True,
+    )
+    assert bool(sim.successful)
+    for name in ref.state.__dataclass_fields__:
+        a, b = getattr(ref.state, name), getattr(sim.state, name)
+        scale = float(jnp.max(jnp.abs(a))) + 1e-9
+        np.testing.assert_allclose(b, a, atol=2e-3 * scale, err_msg=name)
+        assert float(getattr(end, name)) == float(b[-1]), name
+    # the 80-g dinner at 18:36 is in the stomach saved at 18:36 [mg/kg]
+    assert float(sim.state.qsto1[3]) == pytest.approx(80e3 / 70.0, rel=1e-3)
+    np.testing.assert_allclose(sim.glucose, sim.state.gp / params.vg)
+    # the observables equal those of the run that saves only them
+    lean = simulate_grid(
+        params, inputs, ts, b=0.5, t0=T0, substeps=600, warmup_steps=700
+    )
+    np.testing.assert_array_equal(lean.cgm, sim.cgm)
+    assert lean.state is None
