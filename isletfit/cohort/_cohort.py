@@ -288,8 +288,8 @@ def simulate_patients(
             `isletfit.model.simulate_grid`; stable up to B ≈ 1.7 with its default
             step, a patient beyond is reported as failed) or a diffrax solver, which
             is adaptive under ``stepsize_controller`` with at most ``max_steps``
-            steps per segment. The grid ran 2× faster on the CPU than Tsit5 and
-            changed 0.05 % of the CGM readings, by 1 mg/dL (their rounding).
+            steps per segment. The grid ran 1.6–1.9× faster on the CPU than Tsit5
+            and changed 0.05 % of the CGM readings, by 1 mg/dL (their rounding).
         stepsize_controller: diffrax step-size controller of a diffrax ``solver``
             (default the model's).
         max_steps: Step limit of one segment's solve with a diffrax ``solver``.
@@ -434,8 +434,8 @@ def simulate_cohort(
             `isletfit.model.simulate_grid`; stable up to B ≈ 1.7 with its default
             step, a patient beyond is reported as failed) or a diffrax solver, which
             is adaptive under ``stepsize_controller`` with at most ``max_steps``
-            steps per segment. The grid ran 2× faster on the CPU than Tsit5 and
-            changed 0.05 % of the CGM readings, by 1 mg/dL (their rounding).
+            steps per segment. The grid ran 1.6–1.9× faster on the CPU than Tsit5
+            and changed 0.05 % of the CGM readings, by 1 mg/dL (their rounding).
         stepsize_controller: diffrax step-size controller of a diffrax ``solver``
             (default the model's).
         max_steps: Step limit of one segment's solve with a diffrax ``solver``.

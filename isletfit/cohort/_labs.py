@@ -262,8 +262,8 @@ def mixed_meal_test(
         weight_kg: Body weight [kg].
         test: The test protocol.
         solver: diffrax solver, or a `FixedGrid` (`isletfit.model.simulate_grid`,
-            steps of at most 1 min; ``stepsize_controller`` and ``max_steps``
-            unused).
+            steps of at most 1 min and at most its ``max_step``;
+            ``stepsize_controller`` and ``max_steps`` unused).
         stepsize_controller: diffrax step-size controller (default: the model's).
         max_steps: Solver step limit.
 

@@ -178,7 +178,7 @@ def _solve_segment(
     every reading costs about a third of the run time.
 
     With a `FixedGrid` as ``solver`` (``controller`` unused) the segment is
-    integrated by `isletfit.model.grid_solve` instead: fixed steps on the output
+    integrated by `grid_solve` (isletfit/model/_grid.py) instead: fixed steps on the output
     grid, every input event merged into it, and one more output interval that ends
     at ``t1`` (a segment longer than its outputs gets longer steps there, which the
     grid's stability check reports as a failure rather than integrating unstably).

@@ -180,8 +180,8 @@ def _mixed_jacobians(obj: Objective, obj_low: Objective, residual, u_sim, l_w, w
     """Residuals of one window and their Jacobians, the ODE's tangents in low precision.
 
     The residuals come from a full-precision solve; the model CGM's derivatives with
-    respect to the unknowns from a forward-mode solve of ``obj_low`` (`_window_local`:
-    float32 by default, about twice as fast on a CPU's vector units), pushed through
+    respect to the unknowns from a forward-mode solve of ``obj_low`` (`_window_local`,
+    e.g. in float32: about twice as fast on a CPU's vector units), pushed through
     the cheap residual map (sensor calibration, AR(1) whitening, censoring, local
     priors) in full precision. Only the Jacobians carry the low precision (relative
     error about 1e-5, far below the statistical uncertainty); the cost and the
