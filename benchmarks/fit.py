@@ -148,15 +148,10 @@ def scipy_problem(obj: Objective, n_windows: int, n_knots: int, noise) -> dict:
 
 def rmse_of(problem, x) -> float:
     """RMSE [mg/dL] of the scipy fit's CGM against the readings."""
-    p, k = len(problem["names"]), problem["n_knots"]
-    local = x[p + k :].reshape(len(problem["windows"]), 2)
     err = []
-    for w, win in enumerate(problem["windows"]):
-        par = dict(problem["base"])
-        par.update(scipy_baseline.physical(problem, x[:p]))
-        par["vmx"] *= float(np.exp(local[w, 1]))
-        b = float(np.exp(win["interp"] @ x[p : p + k])) if win["graft_on"] else 0.0
-        pred = scipy_baseline.simulate_window(par, b, win, float(np.exp(local[w, 0])))
+    for win, pred in zip(
+        problem["windows"], scipy_baseline.predictions(problem, x), strict=True
+    ):
         err.append((pred - win["obs"])[win["mask"]])
     err = np.concatenate(err)
     return float(np.sqrt(np.mean(err**2)))

@@ -42,6 +42,21 @@ def physical(problem: dict, theta: np.ndarray) -> dict[str, float]:
     return {n: float(v) for n, v in zip(problem["names"], value, strict=True)}
 
 
+def predictions(problem: dict, x: np.ndarray) -> list[np.ndarray]:
+    """Model CGM of every window [mg/dL] at the unknowns ``x`` (layout as `fit`)."""
+    n_theta, n_knots = len(problem["names"]), problem["n_knots"]
+    knots = x[n_theta : n_theta + n_knots]
+    local = x[n_theta + n_knots :].reshape(len(problem["windows"]), 2)
+    values = physical(problem, x[:n_theta])
+    out = []
+    for w, win in enumerate(problem["windows"]):
+        p = dict(problem["base"], **values)
+        p["vmx"] *= float(np.exp(local[w, 1]))
+        b = float(np.exp(win["interp"] @ knots)) if win["graft_on"] else 0.0
+        out.append(simulate_window(p, b, win, float(np.exp(local[w, 0]))))
+    return out
+
+
 def _softplus(x, w):
     return w * np.logaddexp(0.0, x / w)
 
@@ -189,7 +204,6 @@ def fit(problem: dict, x0: np.ndarray, *, max_nfev: int | None = None):
         x0: Starting unknowns ``[theta, knots, (glucose, sensitivity) per window]``.
         max_nfev: Cap on function evaluations.
     """
-    base = problem["base"]
     n_theta, n_knots = len(problem["names"]), problem["n_knots"]
     windows = problem["windows"]
     sigma, phi = problem["sigma"], problem["phi"]
@@ -198,12 +212,7 @@ def fit(problem: dict, x0: np.ndarray, *, max_nfev: int | None = None):
         theta, knots = x[:n_theta], x[n_theta : n_theta + n_knots]
         local = x[n_theta + n_knots :].reshape(len(windows), 2)
         out = []
-        for w, win in enumerate(windows):
-            p = dict(base)
-            p.update(physical(problem, theta))
-            p["vmx"] *= float(np.exp(local[w, 1]))
-            b = float(np.exp(win["interp"] @ knots)) if win["graft_on"] else 0.0
-            pred = simulate_window(p, b, win, float(np.exp(local[w, 0])))
+        for win, pred in zip(windows, predictions(problem, x), strict=True):
             e = np.where(win["mask"], pred - win["obs"], 0.0)
             prev = np.concatenate([[False], win["mask"][:-1]])
             e_prev = np.concatenate([[0.0], e[:-1]])

@@ -316,8 +316,9 @@ def simulate_patients(
     )
     chunk = max(1, min(int(chunk_size), n))
     chunk = -(-chunk // len(devices)) * len(devices)  # a multiple of the devices
+    sched = visits.schedule()
     # a small cohort on a CPU: compile for a short compilation, not for speed
-    small = chunk * len(visits.schedule()["day"]) <= QUICK_COMPILE_PATIENT_DAYS
+    small = chunk * len(sched["day"]) <= QUICK_COMPILE_PATIENT_DAYS
     quick = small and -(-n // chunk) == 1 and jax.default_backend() == "cpu"
     program = _simulate_chunk_quick_compile if quick else _simulate_chunk
     pieces = []
@@ -330,7 +331,6 @@ def simulate_patients(
         if progress is not None:
             progress(lo + keep, n)
     out = jax.tree.map(lambda *x: np.concatenate(x), *pieces)
-    sched = visits.schedule()
     block = sched["visit"] >= 0
     d = out.days
     meal_t = d.meal_t[:, block]
