@@ -5,8 +5,10 @@ A synthetic transplant recipient (tests/fit_fixtures.py: known parameters and gr
 first call (with compilation) and of a second call (compiled), with the default
 fixed-grid windows (`FixedGrid`), the day-windows split over the CPU's cores (each
 core a JAX device, ``fit_patient(mesh=...)``; ``isletfit_*``). In the same process:
-the same fits on one device (``one_device_*``, what a session that does not expose
-its cores gets), and, as the baseline of the fixed grid, the adaptive solver on one
+the same split fits without the optimiser's line search after rejected steps
+(``no_line_search_*``, `LevenbergMarquardt.line_search`), the same fits on one
+device (``one_device_*``, what a session that does not expose its cores gets), and,
+as the baseline of the fixed grid, the adaptive solver on one
 device (``FitModel(grid=None)``; ``adaptive_*``). Also in the same run:
 
 - the baseline the issue names: the same model and objective written without JAX
@@ -183,6 +185,26 @@ def _cold_and_warm(
     )
 
 
+def _without_line_search(patient, kw, figures, warm, split) -> None:
+    """The same split fits without the optimiser's line search, its baseline.
+
+    `LevenbergMarquardt.line_search`: a rejected step retried at the parabola's minimum.
+    """
+    plain = LevenbergMarquardt(line_search=False)
+    first, warm_p, _, by_key = _cold_and_warm(
+        patient, FitModel(), dict(kw, optimiser=plain)
+    )
+    figures["no_line_search_first_s"] = first
+    figures["no_line_search_warm_s"] = warm_p[1]
+    figures["line_search_speedup_warm_ratio"] = warm_p[1] / warm[1]
+    figures["no_line_search_iterations_by_key"] = [by_key[k].iterations for k in by_key]
+    figures["isletfit_iterations_by_key"] = [split[k].iterations for k in by_key]
+    # where each stopped: the cost (negative log posterior) with minus without
+    figures["line_search_minus_plain_cost_by_key"] = [
+        split[k].cost - by_key[k].cost for k in by_key
+    ]
+
+
 def _one_device_and_adaptive(patient, kw, figures, warm, res, split) -> None:
     """The same fits on one device, and with the adaptive solver (one device)."""
     # the one-device fits (the first call compiles the one-device programs)
@@ -239,6 +261,7 @@ def main() -> None:
     figures["windows"] = res.info.n_windows
     figures["readings"] = res.n_readings
     if not args.quick:
+        _without_line_search(patient, dict(kw, mesh=mesh), figures, warm, split)
         _one_device_and_adaptive(patient, kw, figures, warm, res, split)
     if args.only_fits:
         report(figures, as_json=args.json, title="isletfit fit of one patient")

@@ -56,6 +56,9 @@ with the fused fixed-step loop (``FitModel(grid=FixedGrid())``, `simulate_grid`;
 (``FitModel(grid=None)``, the default before 2026-11-27) instead. ``fixed_grid`` in the
 figures says which.
 
+``--no-line-search``: the optimiser of every E-step and baseline fit without its line
+search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
+
 Run: ``python benchmarks/population.py [--quick] [--json] [--plain] [--adaptive]``.
 """
 
@@ -405,9 +408,16 @@ def _progress(info, k: int, start: float) -> None:
 
 
 def _population_fit(
-    patients, sheet, em, *, chunk: int, rounds: int, e_step_iterations=None
+    patients,
+    sheet,
+    em,
+    *,
+    chunk: int,
+    rounds: int,
+    e_step_iterations=None,
+    optimiser=None,
 ) -> tuple:
-    from isletfit.fitting import fit_population
+    from isletfit.fitting import LevenbergMarquardt, fit_population
 
     infos = []
     start = time.perf_counter()
@@ -421,6 +431,7 @@ def _population_fit(
         em=em,
         model=_model(),
         e_step_iterations=e_step_iterations or None,
+        optimiser=optimiser or LevenbergMarquardt(),
         on_round=lambda info: (infos.append(info), _progress(info, len(infos), start)),
     )
     return res, infos, time.perf_counter() - start
@@ -499,6 +510,12 @@ def main() -> None:
         "--adaptive",
         action="store_true",
         help="solve the windows with the adaptive solver (FitModel(grid=None))",
+    )
+    parser.add_argument(
+        "--no-line-search",
+        action="store_true",
+        help="the optimiser without its line search after rejected steps "
+        "(LevenbergMarquardt(line_search=False)), for comparison",
     )
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -588,7 +605,13 @@ def _replicated_patients(patients, sheet, index: dict, n: int):
 
 def _fits(figures: dict, files: dict, args) -> None:
     """The population fit (SQUAREM, and plain EM), the baseline, extrapolations."""
-    from isletfit.fitting import LinearisedEM, PlainEM, SquaremEM, fit_patient
+    from isletfit.fitting import (
+        LevenbergMarquardt,
+        LinearisedEM,
+        PlainEM,
+        SquaremEM,
+        fit_patient,
+    )
 
     patients, sheet = _read(files["cgm"], files["patients"])
     cohort = files["cohort"]
@@ -602,6 +625,8 @@ def _fits(figures: dict, files: dict, args) -> None:
     windows = len(VISITS) * args.fit_days
     patient_days = n * windows
     figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
+    optimiser = LevenbergMarquardt(line_search=not args.no_line_search)
+    figures["line_search"] = optimiser.line_search
 
     def fit(em):
         return _population_fit(
@@ -611,6 +636,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             chunk=args.lanes,
             rounds=args.max_rounds,
             e_step_iterations=args.e_step_iterations,
+            optimiser=optimiser,
         )
 
     res, infos, seconds = fit(SquaremEM())
@@ -673,6 +699,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             starts=1,
             key=key,
             model=_model(),
+            optimiser=optimiser,
         )
         times.append(time.perf_counter() - start)
     warm = float(np.mean(times[1:] or times))
