@@ -415,9 +415,9 @@ def _population_fit(
     chunk: int,
     rounds: int,
     e_step_iterations=None,
-    optimiser=None,
+    optimiser,
 ) -> tuple:
-    from isletfit.fitting import LevenbergMarquardt, fit_population
+    from isletfit.fitting import fit_population
 
     infos = []
     start = time.perf_counter()
@@ -431,7 +431,7 @@ def _population_fit(
         em=em,
         model=_model(),
         e_step_iterations=e_step_iterations or None,
-        optimiser=optimiser or LevenbergMarquardt(),
+        optimiser=optimiser,
         on_round=lambda info: (infos.append(info), _progress(info, len(infos), start)),
     )
     return res, infos, time.perf_counter() - start
