@@ -56,6 +56,9 @@ with the fused fixed-step loop (``FitModel(grid=FixedGrid())``, `simulate_grid`;
 (``FitModel(grid=None)``, the default before 2026-11-27) instead. ``fixed_grid`` in the
 figures says which.
 
+``--float32-jacobians``: the ODE's tangents in float32 (``FitModel(jacobian_dtype=
+np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe.
+
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
 
@@ -65,6 +68,7 @@ Run: ``python benchmarks/population.py [--quick] [--json] [--plain] [--adaptive]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -198,11 +202,19 @@ def _first_days(patient, days: int):
 
 # ---------------------------------------------------------------------- the probes
 def _model():
-    """The fits' `FitModel`: the adaptive solver with ``--adaptive`` (probes inherit it)."""
+    """The fits' `FitModel` (the probes inherit it).
+
+    The adaptive solver with ``--adaptive``, float32 tangents with
+    ``--float32-jacobians``.
+    """
     from isletfit.fitting import FitModel
 
-    adaptive = os.environ.get("ISLETFIT_BENCH_ADAPTIVE") == "1"
-    return FitModel(grid=None) if adaptive else FitModel()
+    kw = {}
+    if os.environ.get("ISLETFIT_BENCH_ADAPTIVE") == "1":
+        kw["grid"] = None
+    if os.environ.get("ISLETFIT_BENCH_F32_JACOBIANS") == "1":
+        kw["jacobian_dtype"] = np.dtype("float32")
+    return FitModel(**kw)
 
 
 def _replicated(cgm, sheet_path, n: int):
@@ -407,6 +419,39 @@ def _progress(info, k: int, start: float) -> None:
     print(f"round {k}: change {info.change:.4g} at {seconds:.1f} s", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _logged_calls(start: float):
+    """Log every call of the E-steps' compiled solver to stderr (``--log-calls``).
+
+    One line per call: seconds into the fit, its lanes, how many were busy, their
+    most and mean iterations in the call, how many solves ended, and its seconds —
+    where an E-step's time goes (wide calls, the last solves, covariances, bands).
+    """
+    from isletfit.fitting import _population
+
+    call = _population._Engine._call
+
+    def logged(self, centre, omega, ids, start_rows, budget, *args, **kwargs):
+        t = time.perf_counter()
+        out = call(self, centre, omega, ids, start_rows, budget, *args, **kwargs)
+        res, busy = out[0], np.asarray(budget) > 0
+        used = res.iterations[busy]
+        print(
+            f"call at {t - start:.1f} s: lanes {len(busy)}, busy {busy.sum()}, "
+            f"iterations max {used.max(initial=0)} mean {used.mean():.1f}, "
+            f"ended {res.stopped[busy].sum()}, {time.perf_counter() - t:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return out
+
+    _population._Engine._call = logged
+    try:
+        yield
+    finally:
+        _population._Engine._call = call
+
+
 def _population_fit(
     patients,
     sheet,
@@ -416,24 +461,29 @@ def _population_fit(
     rounds: int,
     e_step_iterations=None,
     optimiser,
+    log_calls: bool = False,
 ) -> tuple:
     from isletfit.fitting import fit_population
 
     infos = []
     start = time.perf_counter()
-    res = fit_population(
-        patients,
-        sheet=sheet,
-        key=jax.random.key(0),
-        starts=1,
-        max_rounds=rounds,
-        chunk_size=chunk,
-        em=em,
-        model=_model(),
-        e_step_iterations=e_step_iterations or None,
-        optimiser=optimiser,
-        on_round=lambda info: (infos.append(info), _progress(info, len(infos), start)),
-    )
+    with _logged_calls(start) if log_calls else contextlib.nullcontext():
+        res = fit_population(
+            patients,
+            sheet=sheet,
+            key=jax.random.key(0),
+            starts=1,
+            max_rounds=rounds,
+            chunk_size=chunk,
+            em=em,
+            model=_model(),
+            e_step_iterations=e_step_iterations or None,
+            optimiser=optimiser,
+            on_round=lambda info: (
+                infos.append(info),
+                _progress(info, len(infos), start),
+            ),
+        )
     return res, infos, time.perf_counter() - start
 
 
@@ -517,12 +567,24 @@ def main() -> None:
         help="the optimiser without its line search after rejected steps "
         "(LevenbergMarquardt(line_search=False)), for comparison",
     )
+    parser.add_argument(
+        "--float32-jacobians",
+        action="store_true",
+        help="the ODE's tangents in float32 (FitModel(jacobian_dtype=float32))",
+    )
+    parser.add_argument(
+        "--log-calls",
+        action="store_true",
+        help="log every call of the E-steps' solver to stderr (lanes, busy, seconds)",
+    )
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.adaptive and args.grid:
         parser.error("--grid and --adaptive exclude each other")
     if args.adaptive:
         os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
+    if args.float32_jacobians:
+        os.environ["ISLETFIT_BENCH_F32_JACOBIANS"] = "1"
     _x64()
     if args.probe:
         kind, *rest = args.probe
@@ -546,6 +608,7 @@ def main() -> None:
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}
     figures.update(
         fixed_grid=not args.adaptive,
+        float32_jacobians=args.float32_jacobians,
         visits=2 if quick else len(VISITS),
         days_per_visit=1 if quick else 14,
         chunk_size=args.chunk_size,
@@ -637,6 +700,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             rounds=args.max_rounds,
             e_step_iterations=args.e_step_iterations,
             optimiser=optimiser,
+            log_calls=args.log_calls,
         )
 
     res, infos, seconds = fit(SquaremEM())

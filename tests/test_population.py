@@ -32,6 +32,7 @@ from isletfit.fitting import (
     PopulationResult,
     Prior,
     SquaremEM,
+    _population,
     fit_population,
     population_standard_errors,
     stack_problems,
@@ -316,16 +317,50 @@ def test_chunked_fit_equals_unchunked(population, data):
     )
     assert chunked.chunk_size == 3 and res.chunk_size == N
     assert chunked.rounds == res.rounds and chunked.e_steps == res.e_steps
+    _assert_same_fit(chunked, res)
+
+
+def _assert_same_fit(a_fit: PopulationResult, b_fit: PopulationResult) -> None:
     for name in ["mu", "omega", "theta", "theta_sd", "history_mu", "history_omega"]:
         np.testing.assert_allclose(
-            getattr(chunked, name), getattr(res, name), rtol=0, atol=1e-10, err_msg=name
+            getattr(a_fit, name), getattr(b_fit, name), rtol=0, atol=1e-10, err_msg=name
         )
-    for pid in res.patient_id:
-        a, b = chunked.results[pid], res.results[pid]
+    for pid in b_fit.patient_id:
+        a, b = a_fit.results[pid], b_fit.results[pid]
         np.testing.assert_allclose(a.log_b, b.log_b, rtol=0, atol=1e-10)
         np.testing.assert_allclose(a.cov, b.cov, rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(a.predicted, b.predicted, rtol=0, atol=1e-8)
         assert a.sigma_mg_dl == pytest.approx(b.sigma_mg_dl, rel=1e-10)
+        assert a.iterations == b.iterations
+
+
+def test_narrowed_e_steps_equal_the_wide_ones(data, monkeypatch):
+    """An E-step's last solves moved to a narrower program give the same fit.
+
+    Forced here from 4 lanes to 2 (by default from 32 lanes on, 8 times narrower),
+    with segments of 2 iterations so that the solves end in different calls: the last
+    two solves of an E-step run in a 2-lane program, each patient in the same
+    segments, so the fit is the 4-lane one.
+    """
+    patients, sheet = data
+    monkeypatch.setattr(_population, "_SEGMENT", 2)
+    fit = dict(FIT, max_rounds=1)
+    wide = fit_population(patients, sheet=sheet, key=jax.random.key(SEED), **fit)
+    monkeypatch.setattr(_population, "_NARROW_FROM", 4)
+    monkeypatch.setattr(_population, "_NARROW_RATIO", 2)
+    widths = []
+    call = _population._Engine._call
+
+    def spy(self, centre, *args, **kwargs):
+        widths.append(len(centre))
+        return call(self, centre, *args, **kwargs)
+
+    monkeypatch.setattr(_population._Engine, "_call", spy)
+    narrowed = fit_population(patients, sheet=sheet, key=jax.random.key(SEED), **fit)
+    assert narrowed.chunk_size == wide.chunk_size == N
+    assert set(widths) == {N, N // 2}
+    assert narrowed.rounds == wide.rounds and narrowed.e_steps == wide.e_steps
+    _assert_same_fit(narrowed, wide)
 
 
 def test_bad_arguments(data):

@@ -926,6 +926,14 @@ def _chunk_size(
 #: Iterations of a patient's solve per call; an unfinished solve continues in the next
 #: call from where it stopped (with its damping), in whichever lane.
 _SEGMENT = 10
+#: An E-step's last solves, once no patient waits and at most 1/`_NARROW_RATIO` of
+#: the lanes are busy, go on in a program `_NARROW_RATIO` times narrower, where the
+#: lanes are at least `_NARROW_FROM`: a vmapped iteration costs every lane it
+#: computes, busy or idle (1,000 patients × 84 day-windows on an H200: 1.6 s per
+#: iteration at 1,000 lanes, 0.21 s at 125), and the narrower program compiles once
+#: per fit (≈ 15 s there; benchmarks/RESULTS.md).
+_NARROW_FROM = 32
+_NARROW_RATIO = 8
 # host memory for the blocks of cut solves carried from one round to the next; above
 # it (e.g. 10,000 patients × 84 windows) each round linearises the solves' starts again
 _CARRY_BYTES = 2 * 2**30
@@ -955,11 +963,14 @@ class _Engine:
     The stacked windows stay on the host (numpy). An E-step streams the patients
     through ``chunk`` *lanes* of one compiled, vmapped solver (sharded over the mesh):
     each call runs every busy lane for at most `_SEGMENT` iterations, and a lane whose
-    patient is done is given the next waiting patient (continuous batching). A vmapped loop computes every lane until its slowest one
-    is done, so without the hand-over a whole chunk would wait for its slowest
-    patient; with it the E-step costs about the patients' *mean* iterations, not
-    their maximum. Device memory holds one call's lanes (their Jacobians), whatever
-    the population size. Per-patient state lives in `_State` (real patients only).
+    patient is done is given the next waiting patient (continuous batching). A vmapped
+    loop computes every lane until its slowest one is done, so without the hand-over a
+    whole chunk would wait for its slowest patient; with it the E-step costs about the
+    patients' *mean* iterations, not their maximum. When no patient waits any more,
+    the few solves still running move to a narrower program (`narrow`), so that the
+    E-step's slowest patients do not keep every lane of a wide one busy. Device memory
+    holds one call's lanes (their Jacobians), whatever the population size.
+    Per-patient state lives in `_State` (real patients only).
     """
 
     problem: PopulationProblem  # host-side, the real patients
@@ -1216,6 +1227,16 @@ class _Engine:
             busy = np.flatnonzero(lane >= 0)
             if busy.size == 0:
                 return
+            if not waiting and c == self.chunk and busy.size <= self.narrow(c) < c:
+                # the last solves: the busy lanes, with what they carry, move to a
+                # narrower program (idle lanes pad it; their data are not used) —
+                # once: a program of yet another width would cost its compilation
+                # (15 s on a GPU) for calls that take about 2 s there
+                c = self.narrow(c)
+                kept = np.concatenate([busy, np.flatnonzero(lane < 0)])[:c]
+                lane, ids = lane[kept], ids[kept]
+                carry = _lanes_at(carry, kept)
+                busy = np.flatnonzero(lane >= 0)
             # every solve runs in segments, lanes handed over or not, so that a
             # patient's result does not depend on the lanes and the other patients
             budget = np.where(lane >= 0, np.minimum(max_iter - used[ids], _SEGMENT), 0)
@@ -1255,6 +1276,18 @@ class _Engine:
                 )
                 lane[lanes] = -1
                 carry[0][lanes] = False
+
+    def narrow(self, lanes: int) -> int:
+        """Width of the program an E-step's last solves move to (``lanes``: none).
+
+        `_NARROW_RATIO` times fewer lanes, rounded up to a multiple of the devices,
+        from `_NARROW_FROM` lanes on.
+        """
+        if lanes < _NARROW_FROM:
+            return lanes
+        n_dev = 1 if self.mesh is None else int(self.mesh.shape["patients"])
+        per = -(-lanes // _NARROW_RATIO)
+        return min(lanes, -(-per // n_dev) * n_dev)
 
     def no_carry(self, n: int) -> tuple:
         """``(on, blocks, pred, ok)`` of ``n`` solves that carry nothing (zeros)."""
