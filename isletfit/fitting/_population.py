@@ -1280,14 +1280,13 @@ class _Engine:
     def narrow(self, lanes: int) -> int:
         """Width of the program an E-step's last solves move to (``lanes``: none).
 
-        `_NARROW_RATIO` times fewer lanes, rounded up to a multiple of the devices,
-        from `_NARROW_FROM` lanes on.
+        `_NARROW_RATIO` times fewer lanes, rounded up to a multiple of the devices
+        as the lanes themselves are (`_chunk_size`), from `_NARROW_FROM` lanes on.
         """
         if lanes < _NARROW_FROM:
             return lanes
         n_dev = 1 if self.mesh is None else int(self.mesh.shape["patients"])
-        per = -(-lanes // _NARROW_RATIO)
-        return min(lanes, -(-per // n_dev) * n_dev)
+        return _chunk_size(lanes, -(-lanes // _NARROW_RATIO), n_dev)
 
     def no_carry(self, n: int) -> tuple:
         """``(on, blocks, pred, ok)`` of ``n`` solves that carry nothing (zeros)."""
