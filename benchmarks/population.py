@@ -61,8 +61,17 @@ np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe
 
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
+``--atol A``: the optimiser's absolute cost tolerance (``LevenbergMarquardt(atol=A)``,
+default 1e-2) in every E-step and baseline fit (``optimiser_atol``).
 
-Run: ``python benchmarks/population.py [--quick] [--json] [--plain] [--adaptive]``.
+``--patient-devices N``: the CPU's cores as N host devices and the population fits'
+patients sharded over them (``mesh=jax.make_mesh((N,), ("patients",))``; 4 lanes per
+device); ``population_devices`` says how many were used. The baseline's fits then
+split their day-windows over the same devices (``fit_patient(mesh=...)``,
+``independent_devices``), so that both sides use every core.
+
+Run: ``python benchmarks/population.py [--quick] [--json] [--plain] [--adaptive]
+[--patient-devices N]``.
 """
 
 from __future__ import annotations
@@ -462,8 +471,11 @@ def _population_fit(
     e_step_iterations=None,
     optimiser,
     log_calls: bool = False,
+    devices: int = 0,
 ) -> tuple:
     from isletfit.fitting import fit_population
+
+    mesh = jax.make_mesh((devices,), ("patients",)) if devices else None
 
     infos = []
     start = time.perf_counter()
@@ -479,6 +491,7 @@ def _population_fit(
             model=_model(),
             e_step_iterations=e_step_iterations or None,
             optimiser=optimiser,
+            mesh=mesh,
             on_round=lambda info: (
                 infos.append(info),
                 _progress(info, len(infos), start),
@@ -568,6 +581,19 @@ def main() -> None:
         "(LevenbergMarquardt(line_search=False)), for comparison",
     )
     parser.add_argument(
+        "--patient-devices",
+        type=int,
+        default=0,
+        help="split the population fits' patients over this many CPU host devices "
+        "(a 'patients' mesh; 0: one device)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="the optimiser's absolute cost tolerance (LevenbergMarquardt(atol=...))",
+    )
+    parser.add_argument(
         "--float32-jacobians",
         action="store_true",
         help="the ODE's tangents in float32 (FitModel(jacobian_dtype=float32))",
@@ -585,6 +611,8 @@ def main() -> None:
         os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
     if args.float32_jacobians:
         os.environ["ISLETFIT_BENCH_F32_JACOBIANS"] = "1"
+    if args.patient_devices:
+        jax.config.update("jax_num_cpu_devices", args.patient_devices)
     _x64()
     if args.probe:
         kind, *rest = args.probe
@@ -689,7 +717,12 @@ def _fits(figures: dict, files: dict, args) -> None:
     patient_days = n * windows
     figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
     optimiser = LevenbergMarquardt(line_search=not args.no_line_search)
+    if args.atol is not None:
+        optimiser = LevenbergMarquardt(
+            line_search=not args.no_line_search, atol=args.atol
+        )
     figures["line_search"] = optimiser.line_search
+    figures["optimiser_atol"] = optimiser.atol
 
     def fit(em):
         return _population_fit(
@@ -697,6 +730,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             sheet,
             em,
             chunk=args.lanes,
+            devices=args.patient_devices,
             rounds=args.max_rounds,
             e_step_iterations=args.e_step_iterations,
             optimiser=optimiser,
@@ -705,6 +739,7 @@ def _fits(figures: dict, files: dict, args) -> None:
 
     res, infos, seconds = fit(SquaremEM())
     figures["population_lanes"] = res.chunk_size
+    figures["population_devices"] = res.n_devices
     figures["population_e_step_iterations"] = args.e_step_iterations
     figures.update(_fit_figures("population", res, infos, seconds, patient_days))
     figures["population_changes"] = [round(r.change, 5) for r in infos]
@@ -748,7 +783,11 @@ def _fits(figures: dict, files: dict, args) -> None:
             np.max(np.abs(lin.omega - res.omega))
         )
 
-    # ---- the baseline: one patient after another (a subset, scaled)
+    # ---- the baseline: one patient after another (a subset, scaled); with
+    # --patient-devices each fit splits its day-windows over the same devices
+    devices = args.patient_devices
+    window_mesh = jax.make_mesh((devices,), ("windows",)) if devices > 1 else None
+    figures["independent_devices"] = max(devices, 1)
     rows = sheet.set_index("patient_id")
     keys = jax.random.split(jax.random.key(0), n)
     k_base = min(n, args.baseline_patients)
@@ -764,6 +803,7 @@ def _fits(figures: dict, files: dict, args) -> None:
             key=key,
             model=_model(),
             optimiser=optimiser,
+            mesh=window_mesh,
         )
         times.append(time.perf_counter() - start)
     warm = float(np.mean(times[1:] or times))

@@ -592,7 +592,9 @@ def _run_fit(args) -> int:
     from rich.console import Console
 
     _enable_float64()
-    if not args.population:  # a population fit shards patients, not windows
+    # one patient's windows, or a population's patients, are split over the cores;
+    # a --distributed process keeps one CPU device (docs/cluster.md)
+    if not (args.population and args.distributed):
         _cores_as_devices()
     main_process = True
     for flag, value, least in (
@@ -707,25 +709,27 @@ def _fit_population_run(
     The state after each EM round goes to ``population_checkpoint.npz`` in the output
     folder; a rerun of the same command on the same data continues from it. With
     ``distributed`` (multi-controller JAX already initialised) the patients are
-    sharded over the devices of every process, and only process 0 writes. ``em``
+    sharded over the devices of every process, and only process 0 writes; otherwise
+    over this process's devices (a CPU's cores, `_cores_as_devices`). ``em``
     (default `PlainEM`), ``lanes`` and ``covariates`` are `fit_population`'s ``em``,
     ``chunk_size`` and ``covariates``; ``e_step_iterations`` is its
     ``e_step_iterations`` (None: its default; 0: complete E-steps).
     """
     import warnings
 
+    import jax
+
     from .data._sheets import sheet_entry
     from .fitting import PlainEM, fit_population, visit_summary
+    from .fitting._distributed import is_main_process, patient_mesh
     from .report import build_population_report, build_report, write_population_outputs
     from .report._outputs import write_patient_outputs, write_run_summary
 
     mesh, main_process = None, True
     if distributed:
-        import jax
-
-        from .fitting._distributed import is_main_process, patient_mesh
-
         mesh, main_process = patient_mesh(), is_main_process()
+    elif jax.local_device_count() > 1:  # a CPU's cores as devices, or several GPUs
+        mesh = patient_mesh()
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
     by_id = {p.patient_id: p for p in patients}

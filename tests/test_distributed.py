@@ -184,8 +184,6 @@ def test_two_processes_equal_one(cohort, reference, tmp_path):
         assert int(z["round"]) == res.rounds
         np.testing.assert_allclose(z["mu"], res.mu, rtol=0, atol=1e-8)
     assert not list(ckpt.parent.glob(".*.tmp"))
-    # one CPU device per process: no warning about the CPU deadlock
-    assert "deadlock" not in _output(logs)
 
     # one process finds the checkpoint, the other none (a file system not shared)
     out = tmp_path / "again.npz"

@@ -80,20 +80,21 @@ def blocks_from_jacobians(rw, jg, jl, r0, j0) -> Blocks:
     return Blocks(cost, hgg, bg, hll, hgl, bl)
 
 
-def _spd_inverse(a: Float[Array, "*batch n n"]) -> Float[Array, "*batch n n"]:
-    """Inverses of (batched) small symmetric positive definite matrices.
+def _spd_solve(
+    a: Float[Array, "*batch n n"], b: Float[Array, "*batch n k"]
+) -> Float[Array, "*batch n k"]:
+    """``a⁻¹ b`` for (batched) small symmetric positive definite matrices ``a``.
 
     Gauss–Jordan elimination without pivoting (stable for SPD matrices: every pivot
     is a Schur complement of a leading block, hence positive) in plain array
-    operations, one loop iteration per column. Used for the damped local blocks of
-    every window instead of a batched LAPACK call: XLA's CPU runtime runs batched
-    LAPACK kernels on its intra-op thread pool, and with the windows or patients
-    sharded over as many host devices as there are cores such a kernel waited on
-    partitions queued behind itself (a deadlock, jax 0.10.2).
+    operations, one loop iteration per column. Used inside the optimiser's loop
+    instead of batched LAPACK calls: XLA's CPU runtime runs batched LAPACK kernels on
+    its intra-op thread pool, and with the windows or patients sharded over as many
+    host devices as there are cores such a kernel waited on partitions queued behind
+    itself (a deadlock, jax 0.10.2).
     """
     n = a.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(n, dtype=a.dtype), a.shape)
-    m = jnp.concatenate([a, eye], axis=-1)  # [..., n, 2n]
+    m = jnp.concatenate([a, b], axis=-1)  # [..., n, n + k]
 
     def column(k, m):
         row = jax.lax.dynamic_index_in_dim(m, k, axis=-2, keepdims=False)
@@ -105,6 +106,12 @@ def _spd_inverse(a: Float[Array, "*batch n n"]) -> Float[Array, "*batch n n"]:
 
     m = jax.lax.fori_loop(0, n, column, m)
     return m[..., n:]
+
+
+def _spd_inverse(a: Float[Array, "*batch n n"]) -> Float[Array, "*batch n n"]:
+    """Inverses of (batched) small SPD matrices (`_spd_solve` of the identity)."""
+    eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+    return _spd_solve(a, eye)
 
 
 def _solve(blocks: Blocks, lam):
@@ -119,7 +126,7 @@ def _solve(blocks: Blocks, lam):
     k = jnp.einsum("wgi,wij->wgj", hgl, hll_inv)  # H_gw H_ww^-1
     schur = hgg_d - jnp.einsum("wgj,whj->gh", k, hgl)
     rhs = -bg + jnp.einsum("wgj,wj->g", k, bl)
-    dg = jnp.linalg.solve(schur, rhs) if ng > 0 else rhs
+    dg = _spd_solve(schur, rhs[:, None])[:, 0] if ng > 0 else rhs
     dl = -jnp.einsum("wij,wj->wi", hll_inv, bl + jnp.einsum("wgi,g->wi", hgl, dg))
     return dg, dl
 

@@ -66,7 +66,6 @@ import dataclasses
 import hashlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -298,7 +297,8 @@ def _bands(windows, model, prior, centre, omega, g, blocks: Blocks, scores) -> A
 def _covariances(blocks: Blocks) -> Array:
     """Laplace covariance of every patient's g from its Gauss–Newton blocks.
 
-    Computed apart from the (possibly sharded) solve: with the covariance inside the
+    Computed apart from the (possibly sharded) solve, on one device where the mesh
+    splits a CPU (`_Engine._one_device`): with the covariance inside the
     `jax.shard_map`, the program deadlocked on two or more CPU host devices with two
     patients per device (jax 0.10.2; the batched eigen-solver of `pinv` after the
     solver loop), and it is cheap.
@@ -1047,6 +1047,24 @@ class _Engine:
             return jax.tree.map(jnp.asarray, tree)
         return _place(tree, sharding)
 
+    def _one_device(self, tree):
+        """``tree`` on one device where the mesh splits this process's CPU.
+
+        The Laplace covariances, band covariances and quadratic models end in
+        batched LAPACK kernels (eigen-decompositions). With several host devices in
+        one process, such kernels of the devices' programs have deadlocked XLA's
+        shared CPU thread pool (jax 0.10.2 on 2 cores); on one device they run
+        alone. The solver loop itself has no LAPACK call (`_lm._spd_solve`).
+        Elsewhere (no mesh, accelerators, one CPU device per process) ``tree`` is
+        returned as it is.
+        """
+        if self.mesh is None or spans_processes(self.mesh):
+            return tree
+        devices = list(self.mesh.devices.flat)
+        if len(devices) < 2 or any(d.platform != "cpu" for d in devices):
+            return tree
+        return jax.device_put(tree, devices[0])
+
     def split(self, point) -> tuple[np.ndarray, np.ndarray]:
         """``(coef [p, 1 + q], omega [p])`` of an EM point (μ is ``coef[:, 0]``)."""
         point = np.asarray(point, float)
@@ -1138,23 +1156,29 @@ class _Engine:
             self.mesh,
         )
         # with a mesh over several processes, every process gathers all patients
-        covariance = gather_to_host(_covariances(res.blocks)) if cov else None
+        blocks = self._one_device(res.blocks)
+        covariance = gather_to_host(_covariances(blocks)) if cov else None
         quadratic = None
         if surrogate:
-            quadratic = gather_to_host(surrogates(res.blocks, res.g, centre, omega))
+            quadratic = gather_to_host(
+                surrogates(blocks, *self._one_device((res.g, centre, omega)))
+            )
         bands = None
         if band and not self.problem.model.robust_band:
             bands = covariance  # the band is the Laplace covariance
         elif band:
+            windows, centre, omega, g, scores = self._one_device(
+                (self.placed["windows"], centre, omega, res.g, res.scores)
+            )
             bands = _bands(
-                self.placed["windows"],
+                windows,
                 self.problem.model,
                 self.problem.prior,
                 centre,
                 omega,
-                res.g,
-                res.blocks,
-                res.scores,
+                g,
+                blocks,
+                scores,
             )
             bands = gather_to_host(bands)
         return gather_to_host(res), covariance, quadratic, bands
@@ -1677,28 +1701,6 @@ class _Engine:
         )
 
 
-def _warn_cpu_mesh(mesh: jax.sharding.Mesh) -> None:
-    """Warn about CPU host-device meshes as large as the machine's core count.
-
-    Seen with jax 0.10.2 on a 2-core machine: with 2 host devices and 4 patients each,
-    both threads of XLA's CPU intra-op pool ran a batched LU decomposition (the
-    optimiser's step) whose kernel waited for batch partitions queued on the same pool,
-    and the program never finished (with 3 devices and 2 patients each it did).
-    """
-    # the devices of this process (the others' share no thread pool with it)
-    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    cores = os.cpu_count() or 1
-    if all(d.platform == "cpu" for d in devices) and len(devices) >= cores:
-        warnings.warn(
-            f"fit_population: sharding over {len(devices)} CPU host devices on a "
-            f"{cores}-core machine can deadlock in XLA's CPU runtime (batched LAPACK "
-            "kernels wait on the shared intra-op thread pool); use fewer devices than "
-            "cores",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
 def fit_population(
     patients: Sequence[PatientData],
     *,
@@ -1761,7 +1763,13 @@ def fit_population(
         resume: Continue from ``checkpoint`` if it exists (it must come from the same
             patients, model and prior); the result equals an uninterrupted run.
         mesh: A `jax.sharding.Mesh` with an axis ``"patients"``: the lanes of each
-            call are sharded over it.
+            call are sharded over it (``jax.make_mesh((n,), ("patients",))``), e.g.
+            GPUs, or a CPU's cores exposed as devices
+            (``jax.config.update("jax_num_cpu_devices", n)`` before JAX's first
+            use): XLA runs one device's program on one core, so
+            one device leaves the other cores idle (6 visits × 14 days, 8 patients
+            on 2 cores: 1.5× faster with 2 devices, the same fit;
+            ``benchmarks/RESULTS.md``). None: one device.
         chunk_size: Lanes (patients per device call) of an E-step, rounded up to a
             multiple of the mesh size and at most the patients; None: 4 per CPU
             device, 64 per accelerator. One compiled program serves every call; a patient runs at most
@@ -1852,8 +1860,6 @@ def fit_population(
         raise InputError("fit_population: resume=True needs a checkpoint path")
     if mesh is not None and "patients" not in mesh.shape:
         raise InputError("fit_population: the mesh needs an axis named 'patients'")
-    if mesh is not None:
-        _warn_cpu_mesh(mesh)
     several = spans_processes(mesh)  # multi-controller: one writer, shared checkpoint
 
     # prepare every patient on its own: a bad record is reported, the others go on
