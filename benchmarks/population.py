@@ -716,11 +716,8 @@ def _fits(figures: dict, files: dict, args) -> None:
     windows = len(VISITS) * args.fit_days
     patient_days = n * windows
     figures.update(fit_patients=n, fit_days_per_visit=args.fit_days)
-    optimiser = LevenbergMarquardt(line_search=not args.no_line_search)
-    if args.atol is not None:
-        optimiser = LevenbergMarquardt(
-            line_search=not args.no_line_search, atol=args.atol
-        )
+    atol = {} if args.atol is None else {"atol": args.atol}
+    optimiser = LevenbergMarquardt(line_search=not args.no_line_search, **atol)
     figures["line_search"] = optimiser.line_search
     figures["optimiser_atol"] = optimiser.atol
 

@@ -1156,7 +1156,8 @@ class _Engine:
             self.mesh,
         )
         # with a mesh over several processes, every process gathers all patients
-        blocks = self._one_device(res.blocks)
+        # the blocks go to one device only for the calls that use them after the loop
+        blocks = self._one_device(res.blocks) if cov or surrogate or band else None
         covariance = gather_to_host(_covariances(blocks)) if cov else None
         quadratic = None
         if surrogate:
