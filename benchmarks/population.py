@@ -59,6 +59,10 @@ figures says which.
 ``--float32-jacobians``: the ODE's tangents in float32 (``FitModel(jacobian_dtype=
 np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe.
 
+``--rk35``: every window on ``FixedGrid(max_step=5.0, solver=StabilisedRK35())`` (one
+third-order step of 5 stages per 5-min CGM interval, within 0.35 mg/dL of a tight
+solve) instead of the default four Bosh3 steps, in every fit and probe.
+
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
 ``--atol A``: the optimiser's absolute cost tolerance (``LevenbergMarquardt(atol=A)``,
@@ -214,7 +218,8 @@ def _model():
     """The fits' `FitModel` (the probes inherit it).
 
     The adaptive solver with ``--adaptive``, float32 tangents with
-    ``--float32-jacobians``.
+    ``--float32-jacobians``, one `StabilisedRK35` step per 5-min CGM interval with
+    ``--rk35``.
     """
     from isletfit.fitting import FitModel
 
@@ -223,6 +228,10 @@ def _model():
         kw["grid"] = None
     if os.environ.get("ISLETFIT_BENCH_F32_JACOBIANS") == "1":
         kw["jacobian_dtype"] = np.dtype("float32")
+    if os.environ.get("ISLETFIT_BENCH_RK35") == "1":
+        from isletfit.model import FixedGrid, StabilisedRK35
+
+        kw["grid"] = FixedGrid(max_step=5.0, solver=StabilisedRK35())
     return FitModel(**kw)
 
 
@@ -599,6 +608,12 @@ def main() -> None:
         help="the ODE's tangents in float32 (FitModel(jacobian_dtype=float32))",
     )
     parser.add_argument(
+        "--rk35",
+        action="store_true",
+        help="the windows on FixedGrid(max_step=5.0, solver=StabilisedRK35()): one "
+        "step per CGM interval instead of four Bosh3 steps",
+    )
+    parser.add_argument(
         "--log-calls",
         action="store_true",
         help="log every call of the E-steps' solver to stderr (lanes, busy, seconds)",
@@ -607,10 +622,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.adaptive and args.grid:
         parser.error("--grid and --adaptive exclude each other")
+    if args.adaptive and args.rk35:
+        parser.error("--rk35 and --adaptive exclude each other")
     if args.adaptive:
         os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
     if args.float32_jacobians:
         os.environ["ISLETFIT_BENCH_F32_JACOBIANS"] = "1"
+    if args.rk35:
+        os.environ["ISLETFIT_BENCH_RK35"] = "1"
     if args.patient_devices:
         jax.config.update("jax_num_cpu_devices", args.patient_devices)
     _x64()
@@ -637,6 +656,7 @@ def main() -> None:
     figures.update(
         fixed_grid=not args.adaptive,
         float32_jacobians=args.float32_jacobians,
+        rk35=args.rk35,
         visits=2 if quick else len(VISITS),
         days_per_visit=1 if quick else 14,
         chunk_size=args.chunk_size,
