@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 # fixtures (a simulated cohort, a population fit) and compiled programs are built once.
 PYTEST_WORKERS ?= 2
 PYTEST_DIST := $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadscope)
+# The slowest tests are listed at the end of each run, to keep CI inside its budget.
+PYTEST_DURATIONS ?= --durations=15
 
 .PHONY: demo test test-slow test-gpu bench lint format clean
 
@@ -21,10 +23,10 @@ demo: $(STAMP)
 	$(BIN)/isletfit demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS) $(PYTEST_DIST)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS) $(PYTEST_DIST) $(PYTEST_DURATIONS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow" -n $(PYTEST_WORKERS) $(PYTEST_DIST)
+	$(BIN)/python -m pytest -m "slow" -n $(PYTEST_WORKERS) $(PYTEST_DIST) $(PYTEST_DURATIONS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m "gpu"
