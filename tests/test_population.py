@@ -38,7 +38,7 @@ from isletfit.fitting import (
     stack_problems,
     visual_predictive_check,
 )
-from isletfit.fitting._fit import _linearise
+from isletfit.fitting._fit import _estimate_noise, _linearise
 from isletfit.fitting._population import HierarchicalObjective, _Carried
 from isletfit.fitting._problem import Objective
 from isletfit.fitting._stacking import (
@@ -448,6 +448,85 @@ def test_linearised_em_relaxes_an_oscillating_map():
         state = em.update(state, mapped, floor=0.02)
         np.testing.assert_array_equal(state.point, mapped)
         assert float(state.relax) == 1.0
+
+
+def test_secant_noise_update_lands_on_a_linear_maps_fixed_point():
+    """The CGM error's secant step solves F(x) = x at once when F is linear.
+
+    F(x) = x* + s (x − x*) per component (slope s = 0.34 and 0.25, as measured on a
+    14-day record): two plain re-estimates, then one secant step, reach x* to
+    rounding; two plain re-estimates leave 6–12 % of the way to go.
+    """
+    fixed = np.array([np.log(11.85), 0.958])
+    slope = np.array([0.34, 0.25])
+    fmap = lambda x: fixed + slope * (x - fixed)  # noqa: E731
+    x0 = np.array([[np.log(10.0), 0.9]])
+    none = np.full((1, 2, 2), np.nan)
+    x1 = _population._secant_noise(x0, fmap(x0), none)  # no history: plain
+    np.testing.assert_array_equal(x1, fmap(x0))
+    last = np.stack([x0, fmap(x0)], axis=1)
+    x2 = _population._secant_noise(x1, fmap(x1), last)
+    np.testing.assert_allclose(x2[0], fixed, rtol=0, atol=1e-12)
+    plain = fmap(fmap(x0))  # as many evaluations of F
+    assert np.all(np.abs(plain - fixed) > 0.05 * np.abs(x0 - fixed))
+    # a fixed point stays put (the step is F(x) − x = 0 whatever the slope)
+    here = fixed[None]
+    np.testing.assert_array_equal(_population._secant_noise(here, here, last), here)
+    # an oscillating or too steep component takes the plain re-estimate; bounds hold
+    for s in [-0.5, 0.9]:
+        f = lambda x, s=s: fixed + s * (x - fixed)  # noqa: E731
+        out = _population._secant_noise(x1, f(x1), np.stack([x0, f(x0)], axis=1))
+        np.testing.assert_allclose(out, f(x1), rtol=0, atol=1e-15)
+    far = np.array([[np.log(1.0), 0.98]])
+    jump, before = np.array([-5.0, 0.5]), np.array([-4.0, 0.6])
+    out = _population._secant_noise(
+        far, far + jump, np.stack([far + 0.1, far + before], axis=1)
+    )
+    assert out[0, 0] >= np.log(0.5) and 0.0 <= out[0, 1] <= 0.99
+
+
+def _renoised(res: PopulationResult) -> np.ndarray:
+    """(log σ, φ) of each patient re-estimated from its reported fit's residuals."""
+    out = []
+    for pid in res.patient_id:
+        r = res.results[pid]
+        use = np.asarray(r.mask) & (np.asarray(r.censored) == 0)
+        resid = np.asarray(r.predicted) - np.asarray(r.observed)
+        s, f = _estimate_noise(resid, use, np.ones(resid.shape), True)
+        out.append([np.log(float(s)), float(f)])
+    return np.array(out)
+
+
+def test_cgm_error_reaches_the_fixed_point_of_its_re_estimate(data, monkeypatch):
+    """After complete rounds each patient's CGM error re-estimates to itself.
+
+    The secant updates bring (σ, φ) to the fixed point of the re-estimate from the
+    MAP's residuals; the plain re-estimate (secant disabled) reaches the same point,
+    more slowly.
+    """
+    patients, sheet = data
+    kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, tol=0.0)
+    kwargs.update(tol_se=0.0, e_step_iterations=None, max_rounds=4)
+    fast = fit_population(patients, **kwargs)
+    here = np.stack(
+        [
+            [np.log(fast.results[p].sigma_mg_dl), fast.results[p].ar1]
+            for p in fast.patient_id
+        ]
+    )
+    gap_fast = np.abs(_renoised(fast) - here)
+    assert np.all(gap_fast[:, 0] < 0.005) and np.all(gap_fast[:, 1] < 0.005), gap_fast
+    monkeypatch.setattr(_population, "_SECANT_MAX_SLOPE", -1.0)  # never a secant step
+    slow = fit_population(patients, **kwargs)
+    here_slow = np.stack(
+        [
+            [np.log(slow.results[p].sigma_mg_dl), slow.results[p].ar1]
+            for p in slow.patient_id
+        ]
+    )
+    gap_slow = np.abs(_renoised(slow) - here_slow)
+    assert gap_slow[:, 0].max() > gap_fast[:, 0].max(), (gap_slow, gap_fast)
+    np.testing.assert_allclose(here_slow, here, rtol=0, atol=0.02)
 
 
 def test_squarem_resumes_mid_cycle(data, tmp_path):
