@@ -25,10 +25,10 @@ round, so an absolute tolerance alone is met by chance); a last E-step under the
 coefficient of each patient are re-estimated after every E-step in which its solve
 settled, as `fit_patient` does after its screening; from its second re-estimate on,
 the update is a secant step towards the fixed point of the re-estimate
-(`_secant_noise`), which the plain re-estimate approaches only linearly. Where each round runs is the
-``em`` strategy's choice: `PlainEM` (at the last M-step's result), `SquaremEM`
-(SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the patients'
-quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
+(`_secant_noise`), which the plain re-estimate approaches only linearly. Where each
+round runs is the ``em`` strategy's choice: `PlainEM` (at the last M-step's result),
+`SquaremEM` (SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the
+patients' quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
 E-steps are incomplete (each solve runs a few iterations per round and goes on in the
 next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
 1998) until the population has settled; then the solves run to their end. With
@@ -2015,9 +2015,9 @@ def _secant_noise(here, plain, last) -> np.ndarray:
 
     which for a linear F lands on its fixed point at once (Aitken's Δ²). The fixed
     points are those of the plain update. Where the slope s is not in
-    [0, `_SECANT_MAX_SLOPE`] (an oscillating or nearly flat component, a prior that
-    moved between the two, or no previous re-estimate) the plain re-estimate F(x)
-    is taken.
+    [0, `_SECANT_MAX_SLOPE`] (an oscillating component, s < 0; one too slow for a
+    safe long step, e.g. after the prior moved between the two re-estimates; or no
+    previous re-estimate, s NaN) the plain re-estimate F(x) is taken.
 
     Args:
         here: The error each patient's solve ran under, (log σ, φ) ``[n, 2]``.
