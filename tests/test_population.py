@@ -485,16 +485,27 @@ def test_secant_noise_update_lands_on_a_linear_maps_fixed_point():
     assert out[0, 0] >= np.log(0.5) and 0.0 <= out[0, 1] <= 0.99
 
 
-def _renoised(res: PopulationResult) -> np.ndarray:
-    """(log σ, φ) of each patient re-estimated from its reported fit's residuals."""
-    out = []
+def _reported_noise(res: PopulationResult) -> np.ndarray:
+    """(log σ, φ) that each patient's fit reports ``[n, 2]``."""
+    return np.array(
+        [
+            [np.log(res.results[p].sigma_mg_dl), res.results[p].ar1]
+            for p in res.patient_id
+        ]
+    )
+
+
+def _noise_gap(res: PopulationResult) -> np.ndarray:
+    """|Δ(log σ, φ)| between each patient's reported CGM error and the one
+    re-estimated from its reported fit's residuals ``[n, 2]``."""
+    again = []
     for pid in res.patient_id:
         r = res.results[pid]
         use = np.asarray(r.mask) & (np.asarray(r.censored) == 0)
         resid = np.asarray(r.predicted) - np.asarray(r.observed)
         s, f = _estimate_noise(resid, use, np.ones(resid.shape), True)
-        out.append([np.log(float(s)), float(f)])
-    return np.array(out)
+        again.append([np.log(float(s)), float(f)])
+    return np.abs(np.array(again) - _reported_noise(res))
 
 
 def test_cgm_error_reaches_the_fixed_point_of_its_re_estimate(data, monkeypatch):
@@ -508,25 +519,15 @@ def test_cgm_error_reaches_the_fixed_point_of_its_re_estimate(data, monkeypatch)
     kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, tol=0.0)
     kwargs.update(tol_se=0.0, e_step_iterations=None, max_rounds=4)
     fast = fit_population(patients, **kwargs)
-    here = np.stack(
-        [
-            [np.log(fast.results[p].sigma_mg_dl), fast.results[p].ar1]
-            for p in fast.patient_id
-        ]
-    )
-    gap_fast = np.abs(_renoised(fast) - here)
+    gap_fast = _noise_gap(fast)
     assert np.all(gap_fast[:, 0] < 0.005) and np.all(gap_fast[:, 1] < 0.005), gap_fast
     monkeypatch.setattr(_population, "_SECANT_MAX_SLOPE", -1.0)  # never a secant step
     slow = fit_population(patients, **kwargs)
-    here_slow = np.stack(
-        [
-            [np.log(slow.results[p].sigma_mg_dl), slow.results[p].ar1]
-            for p in slow.patient_id
-        ]
-    )
-    gap_slow = np.abs(_renoised(slow) - here_slow)
+    gap_slow = _noise_gap(slow)
     assert gap_slow[:, 0].max() > gap_fast[:, 0].max(), (gap_slow, gap_fast)
-    np.testing.assert_allclose(here_slow, here, rtol=0, atol=0.02)
+    np.testing.assert_allclose(
+        _reported_noise(slow), _reported_noise(fast), rtol=0, atol=0.02
+    )
 
 
 def test_squarem_resumes_mid_cycle(data, tmp_path):

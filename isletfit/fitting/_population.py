@@ -28,8 +28,8 @@ the update is a secant step towards the fixed point of the re-estimate
 (`_secant_noise`), which the plain re-estimate approaches only linearly. Where each
 round runs is the ``em`` strategy's choice: `PlainEM` (at the last M-step's result),
 `SquaremEM` (SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the
-patients' quadratic models; see ``isletfit/fitting/_em.py``). With ``e_step_iterations`` the
-E-steps are incomplete (each solve runs a few iterations per round and goes on in the
+patients' quadratic models; see ``isletfit/fitting/_em.py``). With
+``e_step_iterations`` the E-steps are incomplete (each solve runs a few iterations per round and goes on in the
 next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
 1998) until the population has settled; then the solves run to their end. With
 ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the M-step
@@ -2001,7 +2001,7 @@ _SECANT_MAX_SLOPE = 0.75
 
 
 def _secant_noise(here, plain, last) -> np.ndarray:
-    r"""The next CGM error of each patient: a secant step to the re-estimate's fixed point.
+    r"""Each patient's next CGM error: a secant step to the re-estimate's fixed point.
 
     The CGM error x = (log σ, φ) is re-estimated from the residuals of the patient's
     MAP under x: x ← F(x), the conditional maximisation of the profile likelihood
