@@ -530,6 +530,57 @@ def test_cgm_error_reaches_the_fixed_point_of_its_re_estimate(data, monkeypatch)
     )
 
 
+def _residual_noise_gap(problem, z) -> np.ndarray:
+    """|Δ log σ| and |Δ log σ√(1 − φ²)| between a checkpoint's CGM errors and their
+    re-estimates from the residuals at its points ``[n, 2]``."""
+    out = []
+    lin = eqx.filter_jit(_linearise)
+    for i in range(problem.n_patients):
+        obj = problem.objective(i)
+        win = obj.windows
+        noise = (jnp.asarray(z["sigma"][i]), jnp.asarray(z["phi"][i]))
+        _, (pred, _, _) = lin(
+            obj, z["g"][i], z["loc"][i], noise, jnp.ones(win.obs.shape)
+        )
+        use = np.asarray(win.mask & (win.censor == 0) & win.valid[:, None])
+        resid = np.asarray(pred) - np.asarray(win.obs)
+        s, f = _estimate_noise(resid, use, np.ones(resid.shape), True)
+        d_sigma = np.log(s / z["sigma"][i])
+        d_innov = d_sigma + 0.5 * np.log((1 - f**2) / (1 - z["phi"][i] ** 2))
+        out.append([abs(d_sigma), abs(d_innov)])
+    return np.array(out)
+
+
+def test_cut_solves_follow_their_residuals_cgm_error(data, tmp_path, monkeypatch):
+    """A cut solve's CGM error is re-estimated once its residuals are far from it.
+
+    The first error comes from the screened starts' residuals (far from a MAP). After a
+    cut round, each patient's (σ, φ) is within `_RENOISE_CUT` of the re-estimate from
+    the residuals at its point (in log σ and in the log innovation SD); without the
+    re-estimates of cut solves the screened error stays, farther off.
+    """
+    patients, sheet = data
+    kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, tol=0.0)
+    kwargs.update(tol_se=0.0, e_step_iterations=2, max_rounds=1)
+    problem, _ = stack_problems(patients, model=FitModel(), sheet=sheet)
+
+    def gap(name):
+        rounds = []
+        fit_population(
+            patients, checkpoint=tmp_path / name, on_round=rounds.append, **kwargs
+        )
+        assert [r.cut for r in rounds] == [N]  # every solve cut
+        with np.load(tmp_path / name) as z:
+            return _residual_noise_gap(problem, z)
+
+    tau = _population._RENOISE_CUT
+    followed = gap("follow.npz")
+    assert followed.max() <= tau + 1e-9, followed
+    monkeypatch.setattr(_population, "_RENOISE_CUT", np.inf)
+    screened = gap("screened.npz")
+    assert screened.max() > 2 * tau, screened
+
+
 def test_squarem_resumes_mid_cycle(data, tmp_path):
     """Stopped with an extrapolated point pending, the fit resumes to the same result."""
     patients, sheet = data

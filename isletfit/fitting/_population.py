@@ -25,7 +25,9 @@ round, so an absolute tolerance alone is met by chance); a last E-step under the
 coefficient of each patient are re-estimated after every E-step in which its solve
 settled, as `fit_patient` does after its screening; from its second re-estimate on,
 the update is a secant step towards the fixed point of the re-estimate
-(`_secant_noise`), which the plain re-estimate approaches only linearly. Where each
+(`_secant_noise`), which the plain re-estimate approaches only linearly. A solve cut
+short keeps its CGM error unless its residuals re-estimate it far off
+(`_Engine.renoise_cut`). Where each
 round runs is the ``em`` strategy's choice: `PlainEM` (at the last M-step's result),
 `SquaremEM` (SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the
 patients' quadratic models; see ``isletfit/fitting/_em.py``). With
@@ -1385,6 +1387,45 @@ class _Engine:
         renoise = ok if renoise is None else renoise
         self._store(rows, self.noise(res.pred, renoise, new, ids, secant=secant), ids)
 
+    def renoise_cut(self, rows: dict, ids, res: _Solved, cut) -> np.ndarray:
+        """Re-estimate the CGM error of the ``cut`` solves where it is far off.
+
+        A solve cut short keeps its CGM error, so that its blocks stay valid, until
+        it settles. But the first error comes from the screened starts' residuals,
+        far from any MAP (on 6 × 14-day records σ 14–26 mg/dL and φ 0.97–0.99,
+        against 11–13 and 0.94–0.96 at the fixed point): the cut rounds would
+        solve, and the population settle, under the wrong weights, and the complete
+        rounds redo that work. Where the plain re-estimate from a cut solve's
+        residuals moves log σ or the log innovation SD log σ√(1 − φ²) by more than
+        `_RENOISE_CUT`, it is taken (no secant step: the point is not a MAP), and
+        the solve goes on from a fresh linearisation.
+
+        Returns:
+            Which of ``ids`` were re-estimated (bool).
+        """
+        out = np.zeros(len(ids), bool)
+        if not cut.any():
+            return out
+        at = ids[cut]
+        here = _rows_at(rows, at)
+        new = self.noise(
+            _lanes_at(res, cut).pred, np.ones(at.size, bool), here, at, secant=False
+        )
+        with np.errstate(all="ignore"):
+            d_sigma = np.log(new["sigma"] / here["sigma"])
+            d_innov = (
+                d_sigma
+                + 0.5 * np.log1p(-(new["phi"] ** 2))
+                - 0.5 * np.log1p(-(here["phi"] ** 2))
+            )
+        far = (np.abs(d_sigma) > _RENOISE_CUT) | (np.abs(d_innov) > _RENOISE_CUT)
+        far &= np.isfinite(d_sigma) & np.isfinite(d_innov)
+        if far.any():
+            names = ("sigma", "phi", "weights")
+            self._store(rows, {k: _rows_at(new, far)[k] for k in names}, at[far])
+        out[np.flatnonzero(cut)[far]] = True
+        return out
+
     def start(self, *, key, starts: int, em) -> _State:
         """Screen the starting points of every patient (single-patient prior)."""
         prior, p, m = self.problem.prior, self.problem.n_params, self.n_real
@@ -1523,8 +1564,11 @@ class _Engine:
             settled[ids] = res.stopped | ~ok
             damping[ids] = np.where(ok, res.damping, self.optimiser.lambda0)
             cut = ok & ~res.stopped if carrying else np.zeros(len(ids), bool)
+            # a cut solve whose CGM error is far from its residuals' re-estimate gets
+            # the re-estimate (and goes on from a fresh linearisation)
+            renoised = self.renoise_cut(rows, ids, res, cut)
             if carrying:
-                keep[0][ids] = cut
+                keep[0][ids] = cut & ~renoised
                 _set_rows(keep[1:], ids, (res.blocks, res.pred, res.ok))
             if linearised:
                 for j, part in enumerate(quad):
@@ -1998,6 +2042,10 @@ def _update_noise(model, pred, obs, use, ok, sigma, phi, weights, last=None):
 #: Largest slope of the CGM error's re-estimate taken for a secant step: the step is
 #: then at most 1/(1 − 0.75) = 4 times the plain re-estimate's.
 _SECANT_MAX_SLOPE = 0.75
+
+#: A cut solve's CGM error is re-estimated when that moves log σ or log σ√(1 − φ²)
+#: by more than this (`_Engine.renoise_cut`).
+_RENOISE_CUT = 0.02
 
 
 def _secant_noise(here, plain, last) -> np.ndarray:
