@@ -27,10 +27,10 @@ settled, as `fit_patient` does after its screening; from its second re-estimate 
 the update is a secant step towards the fixed point of the re-estimate
 (`_secant_noise`), which the plain re-estimate approaches only linearly. A solve cut
 short keeps its CGM error unless its residuals re-estimate it far off
-(`_Engine.renoise_cut`). Where each
-round runs is the ``em`` strategy's choice: `PlainEM` (at the last M-step's result),
-`SquaremEM` (SQUAREM extrapolation) or `LinearisedEM` (the EM's fixed point on the
-patients' quadratic models; see ``isletfit/fitting/_em.py``). With
+(`_Engine.renoise_cut`). Where each round runs is the ``em`` strategy's choice:
+`PlainEM` (at the last M-step's result), `SquaremEM` (SQUAREM extrapolation) or
+`LinearisedEM` (the EM's fixed point on the patients' quadratic models; see
+``isletfit/fitting/_em.py``). With
 ``e_step_iterations`` the E-steps are incomplete (each solve runs a few iterations per round and goes on in the
 next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
 1998) until the population has settled; then the solves run to their end. With
@@ -1421,8 +1421,8 @@ class _Engine:
         far = (np.abs(d_sigma) > _RENOISE_CUT) | (np.abs(d_innov) > _RENOISE_CUT)
         far &= np.isfinite(d_sigma) & np.isfinite(d_innov)
         if far.any():
-            names = ("sigma", "phi", "weights")
-            self._store(rows, {k: _rows_at(new, far)[k] for k in names}, at[far])
+            noise = {k: new[k] for k in ("sigma", "phi", "weights")}
+            self._store(rows, _rows_at(noise, far), at[far])
         out[np.flatnonzero(cut)[far]] = True
         return out
 
