@@ -557,7 +557,9 @@ def test_cut_solves_follow_their_residuals_cgm_error(data, tmp_path, monkeypatch
     The first error comes from the screened starts' residuals (far from a MAP). After a
     cut round, each patient's (σ, φ) is within `_RENOISE_CUT` of the re-estimate from
     the residuals at its point (in log σ and in the log innovation SD); without the
-    re-estimates of cut solves the screened error stays, farther off.
+    re-estimates of cut solves the screened error stays, farther off. The same rule
+    holds where the blocks are not carried (over `_CARRY_BYTES`): a cut point, no
+    MAP, starts no secant history.
     """
     patients, sheet = data
     kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, tol=0.0)
@@ -571,11 +573,16 @@ def test_cut_solves_follow_their_residuals_cgm_error(data, tmp_path, monkeypatch
         )
         assert [r.cut for r in rounds] == [N]  # every solve cut
         with np.load(tmp_path / name) as z:
+            assert np.all(np.isnan(z["noise_last"]))
             return _residual_noise_gap(problem, z)
 
     tau = _population._RENOISE_CUT
     followed = gap("follow.npz")
     assert followed.max() <= tau + 1e-9, followed
+    with monkeypatch.context() as patch:
+        patch.setattr(_population, "_CARRY_BYTES", 0)  # nothing carried
+        uncarried = gap("uncarried.npz")
+    assert uncarried.max() <= tau + 1e-9, uncarried
     monkeypatch.setattr(_population, "_RENOISE_CUT", np.inf)
     screened = gap("screened.npz")
     assert screened.max() > 2 * tau, screened

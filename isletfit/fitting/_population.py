@@ -30,10 +30,10 @@ short keeps its CGM error unless its residuals re-estimate it far off
 (`_Engine.renoise_cut`). Where each round runs is the ``em`` strategy's choice:
 `PlainEM` (at the last M-step's result), `SquaremEM` (SQUAREM extrapolation) or
 `LinearisedEM` (the EM's fixed point on the patients' quadratic models; see
-``isletfit/fitting/_em.py``). With
-``e_step_iterations`` the E-steps are incomplete (each solve runs a few iterations per round and goes on in the
-next, from the Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton
-1998) until the population has settled; then the solves run to their end. With
+``isletfit/fitting/_em.py``). With ``e_step_iterations`` the E-steps are incomplete
+(each solve runs a few iterations per round and goes on in the next, from the
+Gauss–Newton blocks where it stopped, `_Carried`; Neal and Hinton 1998) until the
+population has settled; then the solves run to their end. With
 ``covariates`` each patient's prior centre is μ + β·log(x_i/x̃) and the M-step
 regresses the EBEs on the covariates (``isletfit/fitting/_covariates.py``).
 
@@ -1563,9 +1563,10 @@ class _Engine:
             ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
             settled[ids] = res.stopped | ~ok
             damping[ids] = np.where(ok, res.damping, self.optimiser.lambda0)
-            cut = ok & ~res.stopped if carrying else np.zeros(len(ids), bool)
-            # a cut solve whose CGM error is far from its residuals' re-estimate gets
-            # the re-estimate (and goes on from a fresh linearisation)
+            # a solve cut short is no MAP: its CGM error starts no secant step, and
+            # is re-estimated (plainly) only where its residuals put it far off; a
+            # carried solve then goes on from a fresh linearisation
+            cut = ok & ~res.stopped if incomplete else np.zeros(len(ids), bool)
             renoised = self.renoise_cut(rows, ids, res, cut)
             if carrying:
                 keep[0][ids] = cut & ~renoised
