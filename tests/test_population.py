@@ -304,17 +304,27 @@ def test_population_fit(population, data, cohort_files):
         np.testing.assert_array_equal(z["mu"], res.mu)
 
 
-def test_chunked_fit_equals_unchunked(population, data):
+def test_chunked_fit_equals_unchunked(population, data, monkeypatch):
     """3 lanes (the fourth patient takes the first lane freed) give the 4-lane fit.
 
-    Each patient's solve runs in the same segments whichever lane it is in, so the
-    result does not depend on the lanes (to rounding).
+    Each patient's solve runs in the same segments whichever lane it is in and
+    whichever patients share its calls, so the result depends neither on the lanes
+    nor on the order the E-steps take the patients in (here the reverse of
+    `_Engine.longest_first`'s), to rounding.
     """
     res, _, _ = population
     patients, sheet = data
+    orders, longest_first = [], _population._Engine.longest_first
+
+    def reverse(state):
+        orders.append(longest_first(state)[::-1])
+        return orders[-1]
+
+    monkeypatch.setattr(_population._Engine, "longest_first", staticmethod(reverse))
     chunked = fit_population(
         patients, sheet=sheet, key=jax.random.key(SEED), chunk_size=3, **FIT
     )
+    assert len(orders) == chunked.e_steps - 1  # every E-step after the screening
     assert chunked.chunk_size == 3 and res.chunk_size == N
     assert chunked.rounds == res.rounds and chunked.e_steps == res.e_steps
     _assert_same_fit(chunked, res)
@@ -343,10 +353,10 @@ def test_narrowed_e_steps_equal_the_wide_ones(data, monkeypatch):
     segments, so the fit is the 4-lane one.
     """
     patients, sheet = data
-    monkeypatch.setattr(_population, "_SEGMENT", 2)
+    monkeypatch.setattr(_population, "_SEGMENT", {"cpu": 2})
     fit = dict(FIT, max_rounds=1)
     wide = fit_population(patients, sheet=sheet, key=jax.random.key(SEED), **fit)
-    monkeypatch.setattr(_population, "_NARROW_FROM", 4)
+    monkeypatch.setattr(_population, "_NARROW_FROM", {"cpu": 4})
     monkeypatch.setattr(_population, "_NARROW_RATIO", 2)
     widths = []
     call = _population._Engine._call

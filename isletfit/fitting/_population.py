@@ -930,16 +930,23 @@ def _chunk_size(
     return min(-(-chunk_size // n_devices) * n_devices, whole)
 
 
-#: Iterations of a patient's solve per call; an unfinished solve continues in the next
-#: call from where it stopped (with its damping), in whichever lane.
-_SEGMENT = 10
+#: Iterations of a patient's solve per call, by platform; an unfinished solve
+#: continues in the next call from where it stopped (with its damping and blocks), in
+#: whichever lane. A call lasts as long as its busiest lane, so a lane whose solve ends
+#: early idles for the rest of the call: on a CPU, where an idle lane costs as much as
+#: a busy one and a call's own cost is small, short segments waste less; on an
+#: accelerator a call's fixed cost weighs more.
+_SEGMENT = {"cpu": 3}
+_SEGMENT_ACCELERATOR = 10
 #: An E-step's last solves, once no patient waits and at most 1/`_NARROW_RATIO` of
 #: the lanes are busy, go on in a program `_NARROW_RATIO` times narrower, where the
-#: lanes are at least `_NARROW_FROM`: a vmapped iteration costs every lane it
-#: computes, busy or idle (1,000 patients × 84 day-windows on an H200: 1.6 s per
-#: iteration at 1,000 lanes, 0.21 s at 125), and the narrower program compiles once
-#: per fit (≈ 15 s there; benchmarks/RESULTS.md).
-_NARROW_FROM = 32
+#: lanes are at least `_NARROW_FROM` (by platform): a vmapped iteration costs every
+#: lane it computes, busy or idle (1,000 patients × 84 day-windows on an H200: 1.6 s
+#: per iteration at 1,000 lanes, 0.21 s at 125; 64 patients × 88 on the 2-core CPU:
+#: 1.3 s at 8 lanes, all busy or 2), and the narrower program compiles once per fit
+#: (≈ 15 s on the H200, ≈ 13 s on the CPU; benchmarks/RESULTS.md).
+_NARROW_FROM = {"cpu": 8}
+_NARROW_FROM_ACCELERATOR = 32
 _NARROW_RATIO = 8
 # host memory for the blocks of cut solves carried from one round to the next; above
 # it (e.g. 10,000 patients × 84 windows) each round linearises the solves' starts again
@@ -986,6 +993,7 @@ class _Engine:
     chunk: int
     mesh: jax.sharding.Mesh | None  # automatic axis types, or None
     e_step_iterations: int | None  # a round's iterations per patient (None: all)
+    platform: str  # the devices' ("cpu", "gpu", …): `_SEGMENT`, `_NARROW_FROM`
     design: np.ndarray  # [n_real, 1 + q]: ones, then the centred log covariates
     free: np.ndarray  # [p, 1 + q]: the estimated coefficients (μ, then each β)
     g0: np.ndarray  # starting global unknowns of every stacked patient [N, ng]
@@ -1002,6 +1010,7 @@ class _Engine:
         e_step_iterations: int | None = None,
         covariates: np.ndarray | None = None,
         free: np.ndarray | None = None,
+        platform: str = "cpu",
     ) -> _Engine:
         auto = None if mesh is None else auto_axes(mesh)
         win = problem.windows
@@ -1034,6 +1043,7 @@ class _Engine:
             chunk=chunk,
             mesh=auto,
             e_step_iterations=e_step_iterations,
+            platform=platform,
             design=np.concatenate([np.ones((n_real, 1)), covariates], axis=1),
             free=np.asarray(free, bool),
             g0=g0,
@@ -1205,6 +1215,7 @@ class _Engine:
         cov: bool = False,
         surrogate: bool = False,
         band: bool = False,
+        order: np.ndarray | None = None,
     ) -> None:
         """Every real patient's MAP under N(``mu``, ``omega``²), lanes handed over.
 
@@ -1231,6 +1242,8 @@ class _Engine:
             surrogate: Also compute the quadratic models in θ (`surrogates`).
             band: Also compute the band covariances (`band_covariance`), passed to
                 ``on_done`` as ``band=``.
+            order: The real patients in the order their solves start (default
+                0, 1, …); a patient's result does not depend on it.
         """
         m, c = self.n_real, self.chunk
         centre = np.broadcast_to(np.asarray(mu, float), (m, self.problem.n_params))
@@ -1240,7 +1253,10 @@ class _Engine:
             damping = np.full(m, self.optimiser.lambda0)
         else:
             damping = np.array(damping, dtype=float)
-        waiting = list(range(m - 1, -1, -1))  # patient 0 first
+        segment = _SEGMENT.get(self.platform, _SEGMENT_ACCELERATOR)
+        if order is None:
+            order = np.arange(m)
+        waiting = [int(i) for i in np.asarray(order)[::-1]]  # order[0] first
         lane = np.full(c, -1)  # each lane's patient, -1 when idle
         ids = np.zeros(c, int)  # the patient whose data each lane holds
         # a lane that continues a solve brings the blocks and predictions of its point
@@ -1272,7 +1288,7 @@ class _Engine:
                 busy = np.flatnonzero(lane >= 0)
             # every solve runs in segments, lanes handed over or not, so that a
             # patient's result does not depend on the lanes and the other patients
-            budget = np.where(lane >= 0, np.minimum(max_iter - used[ids], _SEGMENT), 0)
+            budget = np.where(lane >= 0, np.minimum(max_iter - used[ids], segment), 0)
             start = _rows_at(rows, ids)
             res, cv, quad, bands = self._call(
                 centre[ids],
@@ -1316,7 +1332,7 @@ class _Engine:
         `_NARROW_RATIO` times fewer lanes, rounded up to a multiple of the devices
         as the lanes themselves are (`_chunk_size`), from `_NARROW_FROM` lanes on.
         """
-        if lanes < _NARROW_FROM:
+        if lanes < _NARROW_FROM.get(self.platform, _NARROW_FROM_ACCELERATOR):
             return lanes
         n_dev = 1 if self.mesh is None else int(self.mesh.shape["patients"])
         return _chunk_size(lanes, -(-lanes // _NARROW_RATIO), n_dev)
@@ -1484,6 +1500,17 @@ class _Engine:
             history_omega=np.zeros((0, p)),
         )
 
+    @staticmethod
+    def longest_first(state: _State) -> np.ndarray:
+        """The patients by their iterations so far, most first (ties by index).
+
+        An E-step's lanes take the patients in this order, so that the solves likely
+        to run longest start first and the E-step does not end with a few of them
+        running alone in an otherwise idle program (longest processing time first;
+        Graham RL, SIAM J Appl Math 17:416–429, 1969).
+        """
+        return np.argsort(-state.iterations, kind="stable")
+
     def cuts_solves(self, state: _State) -> bool:
         """Whether the next round cuts the solves at ``e_step_iterations``."""
         return self.e_step_iterations is not None and not state.complete
@@ -1597,6 +1624,7 @@ class _Engine:
             carried=carried,
             cov=not linearised,
             surrogate=linearised,
+            order=self.longest_first(state),
         )
         if keep is not None:
             keep = _Carried(*keep, centre=centre_x, omega=np.asarray(omega_x, float))
@@ -1721,6 +1749,7 @@ class _Engine:
             done,
             cov=True,
             band=True,
+            order=self.longest_first(state),
         )
         seconds = time.perf_counter() - start_time
         failures = dict(failures)
@@ -1972,6 +2001,7 @@ def fit_population(
         None if e_step_iterations is None else int(e_step_iterations),
         values,
         free,
+        platform,
     )
 
     ckpt = None if checkpoint is None else Path(checkpoint)
