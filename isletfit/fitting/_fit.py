@@ -472,21 +472,32 @@ class FitResult:
 
 
 def _estimate_noise(resid, use, weights, ar1: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Marginal SD [mg/dL] and lag-1 autocorrelation of the CGM error."""
-    e = np.where(use, resid * np.sqrt(weights), 0.0)
-    n = max(int(use.sum()), 1)
-    sigma = max(float(np.sqrt(np.sum(e**2) / n)), 0.5)
-    phi = 0.0
-    if ar1:
-        pair = use[:, 1:] & use[:, :-1]
-        if pair.sum() > 10:
-            a, b = e[:, 1:][pair], e[:, :-1][pair]
-            phi = float(
-                np.clip(
-                    np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)), 0.0, 0.99
-                )
-            )
-    return np.asarray(sigma), np.asarray(phi)
+    """Marginal SD [mg/dL] and lag-1 autocorrelation of one patient's CGM error."""
+    sigma, phi = _estimate_noise_batch(resid[None], use[None], weights[None], ar1)
+    return np.asarray(sigma[0]), np.asarray(phi[0])
+
+
+def _estimate_noise_batch(resid, use, weights, ar1: bool):
+    """Each patient's CGM error SD [mg/dL] and AR(1) coefficient (``[N, W, T]``).
+
+    From the readings ``use``d of the residuals ``resid``, scaled by √``weights``
+    (None: ones): the root mean square (at least 0.5 mg/dL) and, with ``ar1`` and more
+    than 10 pairs of consecutive readings, their lag-1 correlation clipped to
+    [0, 0.99] (else 0). A patient whose residuals are not finite gets NaN.
+    """
+    with np.errstate(all="ignore"):
+        e = np.where(use, resid if weights is None else resid * np.sqrt(weights), 0.0)
+        n = np.maximum(use.sum(axis=(1, 2)), 1)
+        sigma = np.maximum(np.sqrt(np.sum(e**2, axis=(1, 2)) / n), 0.5)
+        phi = np.zeros_like(sigma)
+        if ar1:
+            pair = use[:, :, 1:] & use[:, :, :-1]
+            a = np.where(pair, e[:, :, 1:], 0.0)
+            b = np.where(pair, e[:, :, :-1], 0.0)
+            den = np.sqrt(np.sum(a * a, axis=(1, 2)) * np.sum(b * b, axis=(1, 2)))
+            r = np.sum(a * b, axis=(1, 2)) / np.where(den > 0, den, 1.0)
+            phi = np.where(pair.sum(axis=(1, 2)) > 10, np.clip(r, 0.0, 0.99), 0.0)
+    return sigma, phi
 
 
 def _transplant_day(patient: PatientData, transplant_date) -> float | None:

@@ -108,7 +108,14 @@ from ._em import (
     SquaremEM,
     SquaremState,
 )
-from ._fit import _Z95, FitResult, _linearise, assemble_result, band_covariance
+from ._fit import (
+    _Z95,
+    FitResult,
+    _estimate_noise_batch,
+    _linearise,
+    assemble_result,
+    band_covariance,
+)
 from ._lm import Blocks, LevenbergMarquardt, schur_covariance
 from ._problem import Objective, WindowInfo
 from ._stacking import (
@@ -278,23 +285,30 @@ def _solve_all(
 
 
 @eqx.filter_jit
-def _bands(windows, model, prior, centre, omega, g, blocks: Blocks, scores) -> Array:
-    """Every lane's band covariance under its population prior (`band_covariance`).
+def _bands(
+    windows, model, prior, centre, omega, g, blocks: Blocks, scores, want
+) -> Array:
+    """Each lane's band covariance under its population prior, where ``want``ed.
+
+    `band_covariance` for the lanes ``want`` (bool), zeros for the others.
 
     One program for all lanes instead of one call per patient, which on a GPU took
     longer than the final E-step itself for 1,000 patients. The lanes are mapped in a
     loop (`jax.lax.map`), not vmapped: the vmapped eigen-decompositions deadlocked
-    XLA's CPU runtime with 32 lanes on 2 cores (jax 0.11).
+    XLA's CPU runtime with 32 lanes on 2 cores (jax 0.11); in the loop a lane not
+    wanted (its solve goes on in the next call) is skipped by a real branch.
     """
 
     def one(args):
-        win, mu, gg, b, sc = args
+        win, mu, gg, b, sc, w = args
         obj = HierarchicalObjective(
             windows=win, model=model, prior=prior, mu=mu, omega=omega
         )
-        return band_covariance(obj, gg, b, sc)
+        band = lambda: band_covariance(obj, gg, b, sc)  # noqa: E731
+        out = jax.eval_shape(band)
+        return jax.lax.cond(w, band, lambda: jnp.zeros(out.shape, out.dtype))
 
-    return jax.lax.map(one, (windows, centre, g, blocks, scores))
+    return jax.lax.map(one, (windows, centre, g, blocks, scores, want))
 
 
 @jax.jit
@@ -308,31 +322,6 @@ def _covariances(blocks: Blocks) -> Array:
     solver loop), and it is cheap.
     """
     return jax.vmap(schur_covariance)(blocks)
-
-
-def _estimate_noise_batch(resid, use, weights, ar1: bool):
-    """`_estimate_noise` for every patient at once (host-side, ``[N, W, T]``).
-
-    A patient whose residuals are not finite gets NaN (the caller keeps its old noise).
-    ``weights`` None stands for ones.
-    """
-    with np.errstate(all="ignore"):
-        return _estimate_noise_np(resid, use, weights, ar1)
-
-
-def _estimate_noise_np(resid, use, weights, ar1: bool):
-    e = np.where(use, resid if weights is None else resid * np.sqrt(weights), 0.0)
-    n = np.maximum(use.sum(axis=(1, 2)), 1)
-    sigma = np.maximum(np.sqrt(np.sum(e**2, axis=(1, 2)) / n), 0.5)
-    phi = np.zeros_like(sigma)
-    if ar1:
-        pair = use[:, :, 1:] & use[:, :, :-1]
-        a = np.where(pair, e[:, :, 1:], 0.0)
-        b = np.where(pair, e[:, :, :-1], 0.0)
-        den = np.sqrt(np.sum(a * a, axis=(1, 2)) * np.sum(b * b, axis=(1, 2)))
-        r = np.sum(a * b, axis=(1, 2)) / np.where(den > 0, den, 1.0)
-        phi = np.where(pair.sum(axis=(1, 2)) > 10, np.clip(r, 0.0, 0.99), 0.0)
-    return sigma, phi
 
 
 # ------------------------------------------------------------------------- results
@@ -1130,12 +1119,15 @@ class _Engine:
         cov,
         surrogate,
         band=False,
+        last=None,
     ):
         """One call of the compiled solver on the lanes' patients ``ids``.
 
         ``centre`` holds the lanes' prior centres of θ ``[lanes, p]``; ``carry`` is
         ``(carried, blocks, pred, ok)``: which lanes continue their patient's solve,
-        with the blocks and predictions where it stopped.
+        with the blocks and predictions where it stopped. With ``band``, the band
+        covariances are formed for the lanes whose solve ends in this call: those
+        that stop, fail, or are in their ``last`` segment (bool ``[lanes]``).
 
         Returns:
             Host-side `_Solved`, Laplace covariances (or None), the arrays of the
@@ -1185,7 +1177,13 @@ class _Engine:
         bands = None
         if band and not self.problem.model.robust_band:
             bands = covariance  # the band is the Laplace covariance
-        elif band:
+        host = gather_to_host(res)
+        if band and self.problem.model.robust_band:
+            ending = host.stopped | ~np.isfinite(host.cost)
+            ending |= ~np.all(np.isfinite(host.g), axis=1)
+            if last is not None:
+                ending |= last
+            ending &= np.asarray(budget) > 0  # not the idle lanes
             windows, centre, omega, g, scores = self._one_device(
                 (self.placed["windows"], centre, omega, res.g, res.scores)
             )
@@ -1198,9 +1196,10 @@ class _Engine:
                 g,
                 blocks,
                 scores,
+                self._one_device(jnp.asarray(ending)),
             )
             bands = gather_to_host(bands)
-        return gather_to_host(res), covariance, quadratic, bands
+        return host, covariance, quadratic, bands
 
     def e_step(
         self,
@@ -1301,6 +1300,7 @@ class _Engine:
                 cov=cov,
                 surrogate=surrogate,
                 band=band,
+                last=max_iter - used[ids] <= budget,
             )
             # writable copies: lanes given new patients are overwritten
             carry = (lane >= 0, *jax.tree.map(np.array, (res.blocks, res.pred, res.ok)))
