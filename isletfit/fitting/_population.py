@@ -942,6 +942,20 @@ _NARROW_RATIO = 8
 _CARRY_BYTES = 2 * 2**30
 
 
+def _finite(res: _Solved) -> np.ndarray:
+    """The lanes of a host-side `_Solved` whose cost and unknowns are finite."""
+    return np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
+
+
+def _ended(res: _Solved, remaining) -> np.ndarray:
+    """The lanes whose solve ended in the call that gave ``res`` (host-side).
+
+    Stopped by its own rule, out of iterations (``remaining`` before the call) or not
+    finite; the others go on in the next call.
+    """
+    return res.stopped | (res.iterations >= remaining) | ~_finite(res)
+
+
 def _rows_at(rows: dict, ids) -> dict:
     """The rows ``ids`` of each per-patient array (None stays None)."""
     return {k: None if v is None else v[ids] for k, v in rows.items()}
@@ -1119,15 +1133,15 @@ class _Engine:
         cov,
         surrogate,
         band=False,
-        last=None,
+        remaining=None,
     ):
         """One call of the compiled solver on the lanes' patients ``ids``.
 
         ``centre`` holds the lanes' prior centres of θ ``[lanes, p]``; ``carry`` is
         ``(carried, blocks, pred, ok)``: which lanes continue their patient's solve,
         with the blocks and predictions where it stopped. With ``band``, the band
-        covariances are formed for the lanes whose solve ends in this call: those
-        that stop, fail, or are in their ``last`` segment (bool ``[lanes]``).
+        covariances are formed only for the busy lanes whose solve ends in this call
+        (`_ended`, with each lane's ``remaining`` iterations; zeros for the others).
 
         Returns:
             Host-side `_Solved`, Laplace covariances (or None), the arrays of the
@@ -1179,11 +1193,7 @@ class _Engine:
             bands = covariance  # the band is the Laplace covariance
         host = gather_to_host(res)
         if band and self.problem.model.robust_band:
-            ending = host.stopped | ~np.isfinite(host.cost)
-            ending |= ~np.all(np.isfinite(host.g), axis=1)
-            if last is not None:
-                ending |= last
-            ending &= np.asarray(budget) > 0  # not the idle lanes
+            ending = _ended(host, remaining) & (np.asarray(budget) > 0)
             windows, centre, omega, g, scores = self._one_device(
                 (self.placed["windows"], centre, omega, res.g, res.scores)
             )
@@ -1300,19 +1310,17 @@ class _Engine:
                 cov=cov,
                 surrogate=surrogate,
                 band=band,
-                last=max_iter - used[ids] <= budget,
+                remaining=max_iter - used[ids],
             )
             # writable copies: lanes given new patients are overwritten
             carry = (lane >= 0, *jax.tree.map(np.array, (res.blocks, res.pred, res.ok)))
             who = lane[busy]
-            fine = np.isfinite(res.cost[busy]) & np.all(
-                np.isfinite(res.g[busy]), axis=1
-            )
+            ended = _ended(res, max_iter - used[ids])[busy]
+            fine = _finite(res)[busy]
             g[who] = np.where(fine[:, None], res.g[busy], g[who])
             loc[who] = np.where(fine[:, None, None], res.loc[busy], loc[who])
             used[who] += res.iterations[busy]
             damping[who] = res.damping[busy]
-            ended = res.stopped[busy] | (used[who] >= max_iter) | ~fine
             lanes = busy[ended]
             if lanes.size:
                 on_done(
@@ -1587,7 +1595,7 @@ class _Engine:
             keep = (np.zeros(m, bool), carried.blocks, carried.pred, carried.ok)
 
         def done(ids, res, cov, quad, used):
-            ok = np.isfinite(res.cost) & np.all(np.isfinite(res.g), axis=1)
+            ok = _finite(res)
             settled[ids] = res.stopped | ~ok
             damping[ids] = np.where(ok, res.damping, self.optimiser.lambda0)
             # a solve cut short is no MAP: its CGM error starts no secant step, and
