@@ -45,6 +45,23 @@ def test_structured_lm_matches_dense_least_squares():
     np.testing.assert_allclose(schur_covariance(res.blocks), cov_dense, rtol=1e-8)
 
 
+def test_blocks_formed_in_window_unknowns_equal_those_of_the_global_jacobian():
+    """u_w = D_w g: blocks from J_u and D (u-space products) equal those from J_u D."""
+    rng = np.random.default_rng(3)
+    n_w, m, nu, ng, nl = 4, 9, 3, 7, 2
+    ju = rng.standard_normal((n_w, m, nu))
+    du = rng.standard_normal((n_w, nu, ng)) * (rng.random((n_w, nu, ng)) < 0.5)
+    jl = rng.standard_normal((n_w, m, nl))
+    rw, r0 = rng.standard_normal((n_w, m)), rng.standard_normal(5)
+    j0 = rng.standard_normal((5, ng))
+    jg = np.einsum("wmu,wug->wmg", ju, du)
+    dense = blocks_from_jacobians(rw, jg, jl, r0, j0)
+    mapped = blocks_from_jacobians(rw, ju, jl, r0, j0, du=du)
+    for a, b in zip(dense, mapped, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
+    assert mapped.hgl.shape == (n_w, ng, nl)
+
+
 def test_small_spd_inverse_equals_lapack_on_ill_conditioned_blocks():
     """The local blocks' Gauss–Jordan inverse (no LAPACK) against numpy's, batched,
     condition numbers up to ~1e10, and a padding window's scaled identity."""
@@ -559,3 +576,60 @@ def test_float32_jacobians_keep_the_cost_exact_and_the_optimum(tmp_path):
     se = np.sqrt(np.diag(ref.cov))[ref.theta.size :]
     assert np.all(np.abs(res.log_b - ref.log_b) < 0.01 * se)
     np.testing.assert_allclose(res.cov, ref.cov, rtol=0.01, atol=1e-6)
+
+
+def test_grouped_tangents_give_the_jacobian_of_the_residuals(tmp_path):
+    """`_linearise` takes one tangent per group of `Objective.field_groups` (plus log B,
+    glucose factor, latent meals) and sums them into the unknowns' columns: its blocks
+    equal those of a dense forward-mode Jacobian of every residual with respect to
+    every unknown, with latent meals, AR(1) whitening and a field (kabs) scaled by
+    both its θ and a daily effect."""
+    import equinox as eqx
+
+    from isletfit.fitting import LatentMeals, Prior
+    from isletfit.fitting._fit import _linearise, _pad_events
+    from isletfit.fitting._problem import Objective
+
+    patient, _ = synthetic_patient(tmp_path / "p.csv", seed=5, blocks=((-3, 1), (30, 1)))
+    model = FitModel(meals=LatentMeals(slot_min=240.0))
+    windows, _ = prepare_windows(
+        patient, model=model, weight_kg=70.0, transplant_day=patient_day(patient, 0.0)
+    )
+    windows = eqx.tree_at(lambda w: w.inputs, windows, _pad_events(windows.inputs))
+    obj = Objective(windows=windows, model=model, prior=Prior())
+    groups = obj.field_groups
+    assert ("ka1", "ka2") in groups and len(groups) == 7
+    assert obj.n_local == 4 + windows.slots.shape[1] and windows.slots.shape[1] > 0
+    rng = np.random.default_rng(0)
+    g = jnp.concatenate(
+        [
+            obj.prior_centre() + 0.2 * rng.standard_normal(obj.n_params),
+            jnp.where(windows.knot_valid, jnp.log(0.4), 0.0),
+            jnp.full(2 * obj.n_sessions, 0.3),
+        ]
+    )
+    g = g.at[2].set(jnp.log(1.0))  # kabs near its upper bound: the soft bound's slope < 1
+    nw, nl = windows.ts.shape[0], obj.n_local
+    loc = jnp.asarray(0.1 * rng.standard_normal((nw, nl)))
+    noise = (jnp.asarray(8.0), jnp.asarray(0.4))
+    weights = jnp.ones(windows.obs.shape)
+    blocks = eqx.filter_jit(lambda o, g, lo: _linearise(o, g, lo, noise, weights)[0])(
+        obj, g, loc
+    )
+
+    def residuals(g, loc):
+        u = obj.to_window(g)
+        rw = jax.vmap(
+            lambda u_w, l_w, w, wt: obj.window_residual(u_w, l_w, w, noise, wt)
+        )(u, loc, jnp.arange(nw), weights)
+        return rw, obj.global_residual(g)
+
+    rw, r0 = residuals(g, loc)
+    jg = jax.jacfwd(lambda gg: residuals(gg, loc)[0])(g)
+    jl = jnp.einsum("wmwi->wmi", jax.jacfwd(lambda ll: residuals(g, ll)[0])(loc))
+    j0 = jax.jacfwd(lambda gg: residuals(gg, loc)[1])(g)
+    dense = blocks_from_jacobians(rw, jg, jl, r0, j0)
+    assert float(blocks.cost) == pytest.approx(float(dense.cost), rel=1e-12)
+    for name in ("hgg", "bg", "hll", "hgl", "bl"):
+        a, b = np.asarray(getattr(dense, name)), np.asarray(getattr(blocks, name))
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-8 * np.max(np.abs(a)))

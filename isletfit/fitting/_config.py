@@ -200,7 +200,7 @@ class FitModel(eqx.Module):
         jacobian_dtype: Precision of the forward-mode tangents of the ODE solves,
             which make up the Gauss–Newton matrix and the gradient's Jacobian; the
             residuals, the cost and so the optimum stay in the unknowns' precision
-            (`isletfit.fitting._fit._mixed_jacobians`). ``np.dtype("float32")``
+            (`isletfit.fitting._fit._window_jacobians`). ``np.dtype("float32")``
             makes a Jacobian of 88 day-windows 1.4× faster on one CPU core (twice
             the lanes per vector instruction) at a relative error of about 1e-5 in
             the Gauss–Newton blocks (log B within 5e-5 of the float64 fit), but

@@ -61,23 +61,38 @@ class Blocks(NamedTuple):
     bl: Float[Array, "windows nl"]
 
 
-def blocks_from_jacobians(rw, jg, jl, r0, j0) -> Blocks:
-    """Assemble the normal-equation blocks from per-window and global Jacobians.
+def blocks_from_jacobians(rw, jg, jl, r0, j0, *, du=None) -> Blocks:
+    r"""Assemble the normal-equation blocks from per-window and global Jacobians.
+
+    With ``du``, ``jg`` is each window's Jacobian with respect to its own few unknowns
+    u_w (``[W, m, nu]``), which depend linearly on the global ones, u_w = D_w g. The
+    products are then formed in u-space and mapped to g afterwards:
+    $H_{gg} = \sum_w D_w^T (J_{u,w}^T J_{u,w}) D_w$, $H_{gw} = D_w^T J_{u,w}^T J_{l,w}$,
+    $b_g = \sum_w D_w^T J_{u,w}^T r_w$: the same blocks as from $J_{g,w} = J_{u,w} D_w$,
+    at a cost in m·nu² instead of m·ng² per window (nu ≈ 10 against ng ≈ 100 for a
+    year of graft knots: 20–30× less arithmetic).
 
     Args:
         rw: Window residuals ``[W, m]``.
-        jg: d rw / d g ``[W, m, ng]``.
+        jg: d rw / d g ``[W, m, ng]``, or d rw / d u_w ``[W, m, nu]`` with ``du``.
         jl: d rw / d l_w ``[W, m, nl]``.
         r0: Global residuals (priors on g) ``[m0]``.
         j0: d r0 / d g ``[m0, ng]``.
+        du: d u_w / d g ``[W, nu, ng]``, or None when ``jg`` is with respect to g.
     """
     cost = 0.5 * (jnp.sum(rw * rw) + jnp.sum(r0 * r0))
-    hgg = jnp.einsum("wmi,wmj->ij", jg, jg) + j0.T @ j0
-    bg = jnp.einsum("wmi,wm->i", jg, rw) + j0.T @ r0
     hll = jnp.einsum("wmi,wmj->wij", jl, jl)
-    hgl = jnp.einsum("wmi,wmj->wij", jg, jl)
     bl = jnp.einsum("wmi,wm->wi", jl, rw)
-    return Blocks(cost, hgg, bg, hll, hgl, bl)
+    if du is None:
+        hgg = jnp.einsum("wmi,wmj->ij", jg, jg)
+        hgl = jnp.einsum("wmi,wmj->wij", jg, jl)
+        bg = jnp.einsum("wmi,wm->i", jg, rw)
+    else:
+        huu = jnp.einsum("wmi,wmj->wij", jg, jg)
+        hgg = jnp.einsum("wug,wuh->gh", du, jnp.einsum("wuv,wvh->wuh", huu, du))
+        hgl = jnp.einsum("wug,wul->wgl", du, jnp.einsum("wmi,wmj->wij", jg, jl))
+        bg = jnp.einsum("wug,wu->g", du, jnp.einsum("wmi,wm->wi", jg, rw))
+    return Blocks(cost, hgg + j0.T @ j0, bg + j0.T @ r0, hll, hgl, bl)
 
 
 def _spd_solve(

@@ -31,9 +31,10 @@ class Simulation(eqx.Module):
         ts: Output times [min].
         state: All compartments at ``ts`` (after any event at exactly that time), or
             None when simulated with ``save_state=False``.
-        glucose: Plasma glucose G = Gp/VG [mg/dL].
+        glucose: Plasma glucose G = Gp/VG [mg/dL] (None from
+            ``simulate_grid(cgm_only=True)``).
         cgm: Interstitial glucose, what a CGM senses before its own error [mg/dL].
-        insulin: Plasma insulin I = Ip/VI [pmol/L].
+        insulin: Plasma insulin I = Ip/VI [pmol/L] (None likewise).
         result: The solver's result code (``diffrax.RESULTS``); check
             ``result == diffrax.RESULTS.successful``. Solves never raise, so one failed
             window in a ``vmap`` batch does not stop the others; outputs of a failed
@@ -43,9 +44,9 @@ class Simulation(eqx.Module):
 
     ts: Float[Array, " times"]
     state: State | None
-    glucose: Float[Array, " times"]
+    glucose: Float[Array, " times"] | None
     cgm: Float[Array, " times"]
-    insulin: Float[Array, " times"]
+    insulin: Float[Array, " times"] | None
     result: dfx.RESULTS
     num_steps: Int[Array, ""]
 
