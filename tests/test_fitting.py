@@ -590,7 +590,9 @@ def test_grouped_tangents_give_the_jacobian_of_the_residuals(tmp_path):
     from isletfit.fitting._fit import _linearise, _pad_events
     from isletfit.fitting._problem import Objective
 
-    patient, _ = synthetic_patient(tmp_path / "p.csv", seed=5, blocks=((-3, 1), (30, 1)))
+    patient, _ = synthetic_patient(
+        tmp_path / "p.csv", seed=5, blocks=((-3, 1), (30, 1))
+    )
     model = FitModel(meals=LatentMeals(slot_min=240.0))
     windows, _ = prepare_windows(
         patient, model=model, weight_kg=70.0, transplant_day=patient_day(patient, 0.0)
@@ -608,7 +610,9 @@ def test_grouped_tangents_give_the_jacobian_of_the_residuals(tmp_path):
             jnp.full(2 * obj.n_sessions, 0.3),
         ]
     )
-    g = g.at[2].set(jnp.log(1.0))  # kabs near its upper bound: the soft bound's slope < 1
+    g = g.at[2].set(
+        jnp.log(1.0)
+    )  # kabs near its upper bound: the soft bound's slope < 1
     nw, nl = windows.ts.shape[0], obj.n_local
     loc = jnp.asarray(0.1 * rng.standard_normal((nw, nl)))
     noise = (jnp.asarray(8.0), jnp.asarray(0.4))

@@ -57,6 +57,27 @@ def test_grid_matches_a_tight_adaptive_solve(b):
     assert n_grid < int(sim.num_steps) <= n_grid + 8
 
 
+def test_cgm_only_saves_the_same_cgm_and_its_derivative():
+    """``cgm_only=True`` (what fits use): the CGM and its forward-mode derivative are
+    those of the full run, glucose and insulin are not saved, failures still show."""
+    params, inputs = Params(), _inputs()
+
+    def cgm(log_vmx, only):
+        p = eqx.tree_at(lambda q: q.vmx, params, jnp.exp(log_vmx))
+        return simulate_grid(p, inputs, TS, b=0.6, t0=T0, cgm_only=only).cgm
+
+    x = jnp.log(params.vmx)
+    full, d_full = jax.jvp(lambda v: cgm(v, False), (x,), (1.0,))
+    only, d_only = jax.jvp(lambda v: cgm(v, True), (x,), (1.0,))
+    np.testing.assert_array_equal(only, full)
+    np.testing.assert_array_equal(d_only, d_full)
+    assert float(jnp.max(jnp.abs(d_full))) > 1.0  # vmx moves the CGM
+    sim = simulate_grid(params, inputs, TS, b=0.6, t0=T0, cgm_only=True)
+    assert sim.glucose is None and sim.insulin is None and bool(sim.successful)
+    bad = simulate_grid(params, inputs, TS, b=5.0, t0=T0, cgm_only=True)
+    assert bad.result == dfx.RESULTS.breakdown
+
+
 def test_events_are_not_rounded_to_the_grid():
     """A meal 40 s later changes the CGM by more than the grid's whole error."""
     params = Params()

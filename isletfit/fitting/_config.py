@@ -201,13 +201,12 @@ class FitModel(eqx.Module):
             which make up the Gauss–Newton matrix and the gradient's Jacobian; the
             residuals, the cost and so the optimum stay in the unknowns' precision
             (`isletfit.fitting._fit._window_jacobians`). ``np.dtype("float32")``
-            makes a Jacobian of 88 day-windows 1.4× faster on one CPU core (twice
-            the lanes per vector instruction) at a relative error of about 1e-5 in
-            the Gauss–Newton blocks (log B within 5e-5 of the float64 fit), but
-            adds a full-precision forward solve to every Jacobian and about 3 s of
-            compilation: a warm one-device fit of 6 × 14 days 1.2× faster, a fit
-            split over two cores not faster (benchmarks/RESULTS.md). None (default):
-            the unknowns' precision.
+            keeps a relative error of about 1e-5 in the Gauss–Newton blocks (log B
+            within 5e-5 of the float64 fit) but adds a full-precision forward solve
+            to every Jacobian and about 3 s of compilation. It made a Jacobian of 88
+            day-windows 1.4× faster on one CPU core with one tangent per unknown;
+            with one per field group (2026-11-29) 1.03–1.06× for 8 patients at
+            once (benchmarks/RESULTS.md). None (default): the unknowns' precision.
         max_steps: Adaptive solver steps allowed per day-window (a day takes
             500–1000); a trial point that needs more is rejected by the optimiser
             instead of stalling it.

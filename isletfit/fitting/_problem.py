@@ -582,7 +582,9 @@ class Objective(eqx.Module):
         win = self.windows
         p = self.n_params
         params = self.params_from(u[:p])
-        scales = [(fields, loc[1 + k]) for k, (fields, _) in enumerate(self.daily_effects)]
+        scales = [
+            (fields, loc[1 + k]) for k, (fields, _) in enumerate(self.daily_effects)
+        ]
         scales += [((f,), d) for f, d in (log_shift or {}).items()]
         for fields, log_factor in scales:
             factor = jnp.exp(log_factor)
