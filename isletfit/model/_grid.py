@@ -236,7 +236,7 @@ def simulate_grid(
         cgm_only: Save the CGM (interstitial glucose) only: ``glucose`` and
             ``insulin`` of the result are None. For fits, which read nothing else: a
             third of the loop's output writes and, under forward-mode
-            differentiation, of their tangents (about 8 % of a fit's Jacobian on the
+            differentiation, of their tangents (about 7 % of a fit's Jacobian on the
             CPU). Ignored with ``save_state``.
 
     Returns:
