@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import equinox as eqx
@@ -175,11 +174,10 @@ def _window_jacobians(obj: Objective, obj_sim: Objective, residual, u_sim, l_w, 
     """Residuals of one window and their Jacobians, one tangent per direction group.
 
     The model CGM's derivatives are taken in forward mode with respect to the
-    log-scales of `Objective.field_groups`, log B, the initial-glucose factor and any
-    latent meals: 9 tangents with the default `Prior` instead of one per unknown (11).
-    The columns of θ and of the day-window effects are sums of group columns (times
-    the slope of the soft bounds for θ, `soft_bounded`): the same Jacobian, about 15 %
-    less work. They are then pushed through the cheap residual map (sensor
+    shifts of `Objective.shifted` (the log-scales of `Objective.field_groups`, log B,
+    the initial-glucose factor and any latent meals): 9 tangents with the default
+    `Prior` instead of one per unknown (11), mapped to the unknowns' columns by
+    `Objective.shift_columns`: the same Jacobian, about 15 % less work. They are then pushed through the cheap residual map (sensor
     calibration, AR(1) whitening, censoring, local priors).
 
     With ``obj_sim`` a low-precision copy (`_window_local`, ``FitModel.jacobian_dtype``,
@@ -202,48 +200,20 @@ def _window_jacobians(obj: Objective, obj_sim: Objective, residual, u_sim, l_w, 
         respect to ``(u_sim, l_w)``, and the residuals, predictions, solver success
         and model CGM.
     """
-    p, start = obj.n_params, obj.meal_start
-    groups = obj.field_groups
-    n_groups, n_slots = len(groups), l_w.shape[0] - start
     dtype = obj_sim.windows.ts.dtype
     mixed = jnp.dtype(dtype) != jnp.dtype(u_sim.dtype)
 
-    def cgm_of(d):  # shifts: the groups' log-scales, log B, glucose factor, meals
-        shift = {f: d[c] for c, fields in enumerate(groups) for f in fields}
-        uu = u_sim.astype(dtype).at[p].add(d[n_groups])
-        ll = l_w.astype(dtype).at[0].add(d[n_groups + 1])
-        ll = ll.at[start:].add(d[n_groups + 2 :])
-        cgm, ok = obj_sim.simulate_window(uu, ll, w, log_shift=shift)
+    def cgm_of(d):
+        cgm, ok = obj_sim.shifted(u_sim.astype(dtype), l_w.astype(dtype), w, d)
         return cgm, (cgm, ok)
 
-    dc, (cgm, ok) = jax.jacfwd(cgm_of, has_aux=True)(
-        jnp.zeros(n_groups + 2 + n_slots, dtype)
-    )
+    dc, (cgm, ok) = jax.jacfwd(cgm_of, has_aux=True)(jnp.zeros(obj.n_shifts, dtype))
     dc = dc.astype(u_sim.dtype)
     finite = jnp.all(jnp.isfinite(dc))
     if mixed:  # the residuals from a full-precision solve
         cgm, ok = obj.simulate_window(u_sim, l_w, w)
-    # the columns of (u_sim, l_w) as sums of the shifts' columns
-    group_of = {f: c for c, fields in enumerate(groups) for f in fields}
-    to_u = np.zeros((dc.shape[1], p + 1))
-    for i, name in enumerate(obj.prior.estimated):
-        to_u[group_of[name], i] = 1.0
-    to_u[n_groups, p] = 1.0
-    to_l = np.zeros((dc.shape[1], l_w.shape[0]))
-    to_l[n_groups + 1, 0] = 1.0
-    for k, (fields, _) in enumerate(obj.daily_effects):
-        for c in {group_of[f] for f in fields}:
-            to_l[c, 1 + k] = 1.0
-    to_l[n_groups + 2 :, start:] = np.eye(n_slots)
-    slope = jnp.stack(
-        [
-            jax.grad(functools.partial(soft_bounded, name))(u_sim[i])
-            for i, name in enumerate(obj.prior.estimated)
-        ]
-        + [jnp.ones((), u_sim.dtype)]
-    )
-    dcu = (dc @ to_u) * slope[None, :]
-    dcl = dc @ to_l
+    to_u, to_l = obj.shift_columns(u_sim[: obj.n_params])
+    dcu, dcl = dc @ to_u, dc @ to_l
     r, pred = residual(cgm, ok, l_w)
 
     def push(dcgm, dl):  # the residuals' tangent for tangents of the CGM and l_w

@@ -15,6 +15,7 @@ log carbohydrate of each latent meal slot (if meals are latent)].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import diffrax as dfx
@@ -563,6 +564,55 @@ class Objective(eqx.Module):
         for f in fields:
             groups.setdefault(tuple(f in c for c in columns), []).append(f)
         return tuple(tuple(g) for g in groups.values())
+
+    @property
+    def n_shifts(self) -> int:
+        """Number of `shifted` directions (groups, log B, glucose factor, meals)."""
+        return len(self.field_groups) + 2 + self.windows.slots.shape[1]
+
+    def shifted(self, u, loc, w: int | Array, d: Float[Array, " shifts"]):
+        """`simulate_window` at ``(u, loc)`` moved by the shifts ``d``.
+
+        ``d`` holds shifts of the log-scales of the `field_groups`, then of log B, of
+        the initial-glucose factor and of each latent meal's log carbohydrate: a
+        forward-mode Jacobian with respect to ``d`` at 0 carries one tangent per
+        direction that the unknowns move (`shift_columns` maps it to the unknowns).
+        """
+        p, start, groups = self.n_params, self.meal_start, self.field_groups
+        n = len(groups)
+        shift = {f: d[c] for c, fields in enumerate(groups) for f in fields}
+        u = u.at[p].add(d[n])
+        loc = loc.at[0].add(d[n + 1]).at[start:].add(d[n + 2 :])
+        return self.simulate_window(u, loc, w, log_shift=shift)
+
+    def shift_columns(self, theta: Float[Array, " p"]):
+        """Maps of the `shifted` directions to the unknowns ``(u[: p + 1], loc)``.
+
+        Returns ``(to_u [n_shifts, p + 1], to_l [n_shifts, n_local])``: a Jacobian
+        with respect to the shifts, times these, is the Jacobian with respect to θ and
+        log B, and to the local unknowns. θ's column is its group's times the slope
+        of the soft bounds at ``theta`` (`soft_bounded`); a day-window effect's is the
+        sum of the columns of the groups it scales.
+        """
+        p, start, groups = self.n_params, self.meal_start, self.field_groups
+        n, names = len(groups), self.prior.estimated
+        group_of = {f: c for c, fields in enumerate(groups) for f in fields}
+        to_u = np.zeros((self.n_shifts, p + 1))
+        for i, name in enumerate(names):
+            to_u[group_of[name], i] = 1.0
+        to_u[n, p] = 1.0
+        to_l = np.zeros((self.n_shifts, self.n_local))
+        to_l[n + 1, 0] = 1.0
+        for k, (fields, _) in enumerate(self.daily_effects):
+            for c in {group_of[f] for f in fields}:
+                to_l[c, 1 + k] = 1.0
+        to_l[n + 2 :, start:] = np.eye(self.n_local - start)
+        slope = [
+            jax.grad(functools.partial(soft_bounded, name))(theta[i])
+            for i, name in enumerate(names)
+        ]
+        slope = jnp.stack([*slope, jnp.ones((), theta.dtype)])
+        return to_u * slope[None, :], to_l
 
     def simulate_window(
         self,
