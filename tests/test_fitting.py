@@ -483,6 +483,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow
 def test_windows_split_over_host_devices_give_the_one_device_fit(tmp_path):
     """`fit_patient(mesh=...)`: three CPU host devices (the 5 windows padded to 24, a
     multiple of both the bucket and the devices) reach the one-device optimum."""

@@ -230,6 +230,7 @@ def test_fit_model_refuses_a_tolerance_the_grid_would_ignore():
     assert FitModel(rtol=1e-7, grid=None).grid is None
 
 
+@pytest.mark.slow
 def test_fixed_grid_fit_agrees_with_the_adaptive_fit(tmp_path):
     """Solver agreement where it matters: the graft estimate of a whole fit."""
     from isletfit.fitting import FitModel, fit_patient
