@@ -56,10 +56,15 @@ population (``fixed_population=True``; 2 patients × 1 day, 3 estimated fields) 
 with a dense mass matrix took about 10 gradients per draw and 220 s for 2 chains of
 100 + 100 iterations on 2 shared CPU cores, with R-hat ≤ 1.02 and posterior SDs
 within 15 % of the Laplace SDs. The hierarchical posterior of so few patients is much
-harder: ω is bounded only by its prior, and θ spreads along the ridge of insulin
-sensitivity (vmx), glucose production (kp1) and B that one CGM day cannot resolve (with the same
-settings: trees at the depth limit, R-hat up to 1.5, θ SDs 3–4× the Laplace SDs,
-which condition on ω). Use more patients, longer warm-ups, or ``fixed_population``.
+harder: ω is bounded only by its prior, and with vmx, kp1 and kd estimated, μ spreads
+along the ridge of insulin sensitivity (vmx), glucose production (kp1) and B that one
+CGM day cannot resolve (trees at the depth limit, R-hat 1.1–1.9 over keys, machines
+and warm-ups of 80–200 iterations, θ SDs 2–4× the Laplace SDs, which condition on ω).
+Without kp1 (vmx and kd, ω's half-normal scaled to the fitted ω) 2 chains of 80 + 60
+iterations gave R-hat 1.02–1.10, 17–27 gradients per draw and medians within 0.4
+posterior SDs of the MAP (2026-11-29). Estimate what the data identify
+(docs/identifiability.md), use more patients, longer warm-ups, or
+``fixed_population``.
 
 References:
     - Hoffman MD, Gelman A. The No-U-Turn Sampler: adaptively setting path lengths in
