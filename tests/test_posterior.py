@@ -54,7 +54,7 @@ SMALL = Prior(
 )
 #: The model of the hierarchical sampling test: SMALL without kp1. With kp1 free too,
 #: μ of vmx and kp1 lie on a ridge with each patient's log B that one CGM day leaves
-#: open (measured: trees at the depth limit, R-hat 1.15-1.9 over keys and machines).
+#: open (measured: trees at the depth limit, R-hat 1.1-1.9 over keys and machines).
 PAIR = Prior(
     estimated=("vmx", "kd"),
     log_sd=(0.46, 0.62),
@@ -469,7 +469,7 @@ def test_nuts_hierarchical_agrees_with_map(data, pair_population):
 
     Two patients cannot bound ω: a half-normal scaled to the fitted ω keeps the test
     about the sampler and the density (μ, log ω, the non-centred θ). The model is
-    `PAIR` (vmx and kd), which one CGM day per patient identifies; about 3 min on 2
+    `PAIR` (vmx and kd), which one CGM day per patient identifies; about 4 min on 2
     CPU cores.
     """
     import arviz as az
@@ -478,7 +478,7 @@ def test_nuts_hierarchical_agrees_with_map(data, pair_population):
     population = pair_population
     omega_factor = tuple(float(x) for x in population.omega / np.asarray(PAIR.log_sd))
     sampler = NUTSSampler(
-        num_warmup=80, num_samples=60, num_chains=2, dense_mass=True, max_tree_depth=5
+        num_warmup=80, num_samples=100, num_chains=2, dense_mass=True, max_tree_depth=5
     )
     idata = sample_posterior(
         patients,
@@ -498,8 +498,9 @@ def test_nuts_hierarchical_agrees_with_map(data, pair_population):
         f"R-hat max {worst:.3f} {shown}; {steps:.1f} gradients per draw; "
         f"{idata.attrs['sampling_time']:.0f} s sampling"
     )
-    # 60 draws of 2 chains: measured 1.016 (key 8) and 1.10 (key 9), 2026-11-29
-    assert worst < 1.25
+    # 100 draws of 2 chains: measured 1.032, 1.063 and 1.050 with keys 8, 9 and 10
+    # (2026-11-29; with 60 draws 1.016 and 1.10)
+    assert worst < 1.2
     for name, (median, sd, map_, laplace) in _compare(idata).items():
         real = np.isfinite(map_)
         z = (median - map_)[real] / sd[real]
@@ -507,8 +508,8 @@ def test_nuts_hierarchical_agrees_with_map(data, pair_population):
         print(
             name, "median-MAP in SDs", np.round(z, 2), "SD/Laplace", np.round(ratio, 2)
         )
-        # measured |z| <= 0.41 and log-B SD ratios 0.9-1.45 (keys 8 and 9)
+        # measured |z| <= 0.37 and log-B SD ratios 0.93-1.61 (keys 8, 9 and 10)
         assert np.all(np.abs(z) < 1.5), name
-        # θ is not held to its Laplace SD, which conditions on ω (measured: 1.3-1.8)
+        # θ is not held to its Laplace SD, which conditions on ω (measured: 1.36-1.88)
         if name == "log_b":
             assert np.all((ratio > 0.5) & (ratio < 2.5)), name

@@ -60,9 +60,9 @@ harder: ω is bounded only by its prior, and with vmx, kp1 and kd estimated, μ 
 along the ridge of insulin sensitivity (vmx), glucose production (kp1) and B that one
 CGM day cannot resolve (trees at the depth limit, R-hat 1.1–1.9 over keys, machines
 and warm-ups of 80–200 iterations, θ SDs 2–4× the Laplace SDs, which condition on ω).
-Without kp1 (vmx and kd, ω's half-normal scaled to the fitted ω) 2 chains of 80 + 60
-iterations gave R-hat 1.02–1.10, 17–27 gradients per draw and medians within 0.4
-posterior SDs of the MAP (2026-11-29). Estimate what the data identify
+Without kp1 (vmx and kd, ω's half-normal scaled to the fitted ω) 2 chains of 80 +
+100 iterations gave R-hat 1.03–1.06 over three keys, 17–27 gradients per draw and
+medians within 0.4 posterior SDs of the MAP (2026-11-29). Estimate what the data identify
 (docs/identifiability.md), use more patients, longer warm-ups, or
 ``fixed_population``.
 
