@@ -89,31 +89,28 @@ def data(tmp_path_factory):
     return patients, sheet
 
 
-@pytest.fixture(scope="module")
-def population(data):
+def _fit(data, prior):
+    """The population fit of the sampling tests under ``prior``."""
     patients, sheet = data
     return fit_population(
         patients,
-        prior=SMALL,
+        prior=prior,
         sheet=sheet,
         key=jax.random.key(SEED),
         max_rounds=10,
         starts=1,
     )
+
+
+@pytest.fixture(scope="module")
+def population(data):
+    return _fit(data, SMALL)
 
 
 @pytest.fixture(scope="module")
 def pair_population(data):
     """The population fit of the hierarchical sampling test (`PAIR`)."""
-    patients, sheet = data
-    return fit_population(
-        patients,
-        prior=PAIR,
-        sheet=sheet,
-        key=jax.random.key(SEED),
-        max_rounds=10,
-        starts=1,
-    )
+    return _fit(data, PAIR)
 
 
 # ------------------------------------------------------------------ log density
