@@ -13,6 +13,8 @@ meal/bolus record, for whole 1-day and 14-day windows. Variants:
 - ``grid_rk35``: `StabilisedRK35` (third order, 5 stages, real stability interval
   10.5) with one 5-min step per CGM interval, float64 (a quarter of the steps);
 - ``grid_rk34``: `StabilisedRK34` (4 stages, interval 6.0) with 2.5-min steps;
+- ``grid_etd``: `ExponentialRK3` (third-order exponential Runge–Kutta, the plasma–liver
+  insulin exchange solved exactly) with one 5-min step per CGM interval, float64;
 - ``grid_bosh3``: the default grid written out (for ``--variants`` lists);
 
 and, in the same process and on the same patients (the first ``--baseline-n`` of the
@@ -49,6 +51,7 @@ jax.config.update("jax_enable_x64", True)
 from simulate import cohort, isletfit_runner, naive_runner  # noqa: E402
 
 from isletfit.model import (  # noqa: E402
+    ExponentialRK3,
     FixedGrid,
     StabilisedRK34,
     StabilisedRK35,
@@ -136,8 +139,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=None,
-        help="comma-separated (default grid,grid_f32,grid_tsit5,grid_rk35; --quick "
-        "grid,grid_rk35)",
+        help="comma-separated (default grid,grid_f32,grid_tsit5,grid_rk35,grid_etd; "
+        "--quick grid,grid_rk35,grid_etd)",
     )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
@@ -153,9 +156,12 @@ def main() -> None:
         "grid_bosh3": (FixedGrid(max_step=1.25, solver=dfx.Bosh3()), jnp.float64),
         "grid_rk34": (FixedGrid(max_step=2.5, solver=StabilisedRK34()), jnp.float64),
         "grid_rk35": (FixedGrid(max_step=5.0, solver=StabilisedRK35()), jnp.float64),
+        "grid_etd": (FixedGrid(max_step=5.0, solver=ExponentialRK3()), jnp.float64),
     }
     names = args.variants or (
-        "grid,grid_rk35" if args.quick else "grid,grid_f32,grid_tsit5,grid_rk35"
+        "grid,grid_rk35,grid_etd"
+        if args.quick
+        else "grid,grid_f32,grid_tsit5,grid_rk35,grid_etd"
     )
     variants = {k: all_variants[k] for k in names.split(",")}
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}

@@ -63,6 +63,10 @@ np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe
 third-order step of 5 stages per 5-min CGM interval, within 0.35 mg/dL of a tight
 solve) instead of the default four Bosh3 steps, in every fit and probe.
 
+``--etd``: every window on ``FixedGrid(max_step=5.0, solver=ExponentialRK3())`` (one
+exponential third-order step per 5-min CGM interval, the plasma–liver insulin exchange
+solved exactly; within about 0.3 mg/dL of a tight solve), in every fit and probe.
+
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
 ``--atol A``: the optimiser's absolute cost tolerance (``LevenbergMarquardt(atol=A)``,
@@ -219,7 +223,7 @@ def _model():
 
     The adaptive solver with ``--adaptive``, float32 tangents with
     ``--float32-jacobians``, one `StabilisedRK35` step per 5-min CGM interval with
-    ``--rk35``.
+    ``--rk35``, one `ExponentialRK3` step per interval with ``--etd``.
     """
     from isletfit.fitting import FitModel
 
@@ -232,6 +236,10 @@ def _model():
         from isletfit.model import FixedGrid, StabilisedRK35
 
         kw["grid"] = FixedGrid(max_step=5.0, solver=StabilisedRK35())
+    if os.environ.get("ISLETFIT_BENCH_ETD") == "1":
+        from isletfit.model import ExponentialRK3, FixedGrid
+
+        kw["grid"] = FixedGrid(max_step=5.0, solver=ExponentialRK3())
     return FitModel(**kw)
 
 
@@ -614,6 +622,12 @@ def main() -> None:
         "step per CGM interval instead of four Bosh3 steps",
     )
     parser.add_argument(
+        "--etd",
+        action="store_true",
+        help="the windows on FixedGrid(max_step=5.0, solver=ExponentialRK3()): one "
+        "exponential step per CGM interval instead of four Bosh3 steps",
+    )
+    parser.add_argument(
         "--log-calls",
         action="store_true",
         help="log every call of the E-steps' solver to stderr (lanes, busy, seconds)",
@@ -622,14 +636,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.adaptive and args.grid:
         parser.error("--grid and --adaptive exclude each other")
-    if args.adaptive and args.rk35:
-        parser.error("--rk35 and --adaptive exclude each other")
+    if sum((args.adaptive, args.rk35, args.etd)) > 1:
+        parser.error("--adaptive, --rk35 and --etd exclude each other")
     if args.adaptive:
         os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
     if args.float32_jacobians:
         os.environ["ISLETFIT_BENCH_F32_JACOBIANS"] = "1"
     if args.rk35:
         os.environ["ISLETFIT_BENCH_RK35"] = "1"
+    if args.etd:
+        os.environ["ISLETFIT_BENCH_ETD"] = "1"
     if args.patient_devices:
         jax.config.update("jax_num_cpu_devices", args.patient_devices)
     _x64()
@@ -657,6 +673,7 @@ def main() -> None:
         fixed_grid=not args.adaptive,
         float32_jacobians=args.float32_jacobians,
         rk35=args.rk35,
+        etd=args.etd,
         visits=2 if quick else len(VISITS),
         days_per_visit=1 if quick else 14,
         chunk_size=args.chunk_size,

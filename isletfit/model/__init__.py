@@ -11,6 +11,7 @@ Slow subsystem (days): graft functional capacity B(t) (`MechanisticGraft`,
 (`ToppParams`, `ToppGlucose`); `simulate_followup` runs observed windows in parallel.
 """
 
+from ._exponential import ExponentialRK3 as ExponentialRK3
 from ._followup import MIN_PER_DAY as MIN_PER_DAY
 from ._followup import day_windows as day_windows
 from ._followup import simulate_followup as simulate_followup
@@ -52,6 +53,7 @@ __all__ = [
     "PMOL_PER_U",
     "AbstractGlucoseFeedback",
     "AbstractGraft",
+    "ExponentialRK3",
     "FastModelGlucose",
     "FixedGrid",
     "FlexibleGraft",

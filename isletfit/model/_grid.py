@@ -23,9 +23,10 @@ through the loop (``lax.scan``), and the step times depend on the inputs only, s
 derivative is that of the computed discretisation.
 
 Accuracy and stability: explicit steps must stay inside the method's stability region,
-$h\lambda_{max} \le$ `FixedGrid.max_h_lambda` with $\lambda_{max}$ of `stable_step`; a window
-whose grid is coarser is returned as failed (``diffrax.RESULTS.breakdown``) instead of
-with an unstable answer. The error against a tight adaptive solve is measured in
+$h\lambda_{max} \le$ `FixedGrid.max_h_lambda` with $\lambda_{max}$ of `stable_step`
+(for `ExponentialRK3`, which solves the fastest mode exactly, its own `stable`); a
+window whose grid is coarser is returned as failed (``diffrax.RESULTS.breakdown``)
+instead of with an unstable answer. The error against a tight adaptive solve is measured in
 ``tests/test_grid.py`` and ``benchmarks/grid.py``.
 """
 
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Float
+from ._exponential import ExponentialRK3
 from ._inputs import Inputs, Schedule
 from ._params import Params
 from ._physiology import vector_field
@@ -96,20 +98,25 @@ class FixedGrid(eqx.Module):
             used (``diffrax.Bosh3()``, ``diffrax.Tsit5()``, ...), or isletfit's
             `StabilisedRK35` (stable for 4× longer steps: with ``max_step=5.0`` one
             step per CGM interval, within 0.35 mg/dL of a tight solve and 1.4–2.6×
-            faster on the CPU; ``benchmarks/grid.py``).
+            faster on the CPU; ``benchmarks/grid.py``), or isletfit's
+            `ExponentialRK3` (the plasma–liver insulin exchange solved exactly,
+            three vector-field evaluations per step; with ``max_step=5.0`` within
+            about 0.3 mg/dL of a tight solve).
         safety: Fraction of the tableau's real stability limit
             (`real_stability_limit`) that $h\lambda_{max}$ may reach, with
             $\lambda_{max}$ of `stable_step`; a window whose steps go beyond it is
             marked failed. With the defaults this allows $\lambda_{max}$ up to
             1.8/min, i.e. B up to about 1.7 with the reference parameters (λ grows with
             B through the first-phase loop: 0.90/min at B = 0, 1.35/min at B = 1).
+            With `ExponentialRK3`, the check of `ExponentialRK3.stable` must also
+            hold at steps ``1/safety`` times longer.
         unroll: Steps per iteration of the compiled loop (``lax.scan(unroll=...)``):
             fewer loop iterations, larger fused kernels; the result is the same. Worth
             raising on GPUs, where each iteration costs a kernel launch.
     """
 
     max_step: float = 1.25
-    solver: dfx.AbstractERK = dfx.Bosh3()
+    solver: dfx.AbstractERK | ExponentialRK3 = dfx.Bosh3()
     safety: float = 0.9
     unroll: int = 1
 
@@ -118,10 +125,11 @@ class FixedGrid(eqx.Module):
             raise ValueError(
                 f"FixedGrid.max_step must be > 0 [min], got {self.max_step}"
             )
-        if not isinstance(self.solver, dfx.AbstractERK):
+        if not isinstance(self.solver, (dfx.AbstractERK, ExponentialRK3)):
             raise TypeError(
                 "FixedGrid.solver must be an explicit Runge–Kutta solver of diffrax "
-                f"(e.g. diffrax.Bosh3()), got {type(self.solver).__name__}"
+                "(e.g. diffrax.Bosh3()) or isletfit's ExponentialRK3, got "
+                f"{type(self.solver).__name__}"
             )
         if not (isinstance(self.unroll, int) and self.unroll >= 1):
             raise ValueError(f"FixedGrid.unroll must be an int >= 1, got {self.unroll}")
@@ -130,8 +138,27 @@ class FixedGrid(eqx.Module):
 
     @property
     def max_h_lambda(self) -> float:
-        r"""Largest $h\lambda_{max}$ accepted [-]."""
+        r"""Largest $h\lambda_{max}$ accepted [-] (explicit Runge–Kutta solvers)."""
+        if isinstance(self.solver, ExponentialRK3):
+            raise TypeError(
+                "FixedGrid.max_h_lambda: ExponentialRK3 has no single stability "
+                "limit; see FixedGrid.stable"
+            )
         return self.safety * real_stability_limit(self.solver.tableau)
+
+    def stable(self, params: Params, b, h) -> Array:
+        """Whether steps of ``h`` [min] are stable at graft capacity ``b`` [-]."""
+        if isinstance(self.solver, ExponentialRK3):
+            return self.solver.stable(params, b, h) & self.solver.stable(
+                params, b, h / self.safety
+            )
+        return h <= self.max_h_lambda * stable_step(params, b, factor=1.0)
+
+    def step(self, field, t, h, y: State, args, *, params: Params, b) -> State:
+        """One step of length ``h`` [min] of ``field(t, y, args)`` at capacity ``b``."""
+        if isinstance(self.solver, ExponentialRK3):
+            return self.solver.step(field, t, h, y, args, params=params, b=b)
+        return _rk_step(self.solver.tableau, field, t, h, y, args)
 
     def steps_for(self, span: float) -> int:
         """Number of equal steps no longer than ``max_step`` over ``span`` [min]."""
@@ -332,7 +359,6 @@ def grid_solve(
         ]
     )
     n_grid = w + (n - 1) * s  # grid steps
-    tableau = grid.solver.tableau
     cgm_only = cgm_only and not save_state
 
     def saved(y):  # the outputs without `save_state` (doses move none of them)
@@ -358,7 +384,9 @@ def grid_solve(
         t_b = jnp.where(done, t, jnp.minimum(g_next, e_next))
         h = t_b - t
         held = _HeldInputs(basal, meal_size)
-        y = _rk_step(tableau, _held_field, t, h, y, (params, held, b, meal, bolus))
+        y = grid.step(
+            _held_field, t, h, y, (params, held, b, meal, bolus), params=params, b=b
+        )
         adv_i = (~done) & (g_next <= t_b)
         adv_j = (~done) & (e_next <= t_b)
         i = i + adv_i.astype(i.dtype)
@@ -397,7 +425,7 @@ def grid_solve(
     h_max = jnp.maximum(
         jnp.max(jnp.diff(ts), initial=0.0) / s, (ts[0] - t0) / max(w, 1)
     )
-    stable = h_max <= grid.max_h_lambda * stable_step(params, b, factor=1.0)
+    stable = grid.stable(params, b, h_max)
     # without warm-up steps the first output is the start itself
     stable = stable & ((w > 0) | (t0 == ts[0]))
     finite = jnp.all(jnp.isfinite(out if not save_state else jnp.stack([gp, gs, ip])))
