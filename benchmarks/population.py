@@ -65,7 +65,7 @@ solve) instead of the default four Bosh3 steps, in every fit and probe.
 
 ``--etd``: every window on ``FixedGrid(max_step=5.0, solver=ExponentialRK3())`` (one
 exponential third-order step per 5-min CGM interval, the plasma–liver insulin exchange
-solved exactly; within about 0.3 mg/dL of a tight solve), in every fit and probe.
+solved exactly; within about 0.5 mg/dL of a tight solve), in every fit and probe.
 
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.

@@ -188,11 +188,14 @@ def test_fasting_steady_state_is_kept():
 
 def test_derivatives_match_finite_differences():
     """Forward and reverse mode through the step (and its φ-functions of B)."""
-    params, inputs = Params(), _inputs()
+    params, inputs, ts = Params(), _inputs(), TS[:96]  # to 8 h: the breakfast
 
+    @jax.jit
     def cgm(x):
         p = eqx.tree_at(lambda q: q.vmx, params, jnp.exp(x[0]))
-        sim = simulate_grid(p, inputs, TS, b=jnp.exp(x[1]), t0=T0, grid=ETD5)
+        sim = simulate_grid(
+            p, inputs, ts, b=jnp.exp(x[1]), t0=T0, grid=ETD5, warmup_steps=96
+        )
         return sim.cgm
 
     x = jnp.array([jnp.log(params.vmx), jnp.log(0.7)])

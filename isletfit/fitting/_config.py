@@ -196,9 +196,9 @@ class FitModel(eqx.Module):
             grid holding every input event in one fused loop (`simulate_grid`), the
             only way that fills a GPU. The default (`FIT_GRID`, since 2026-11-29) is
             one `ExponentialRK3` step per 5-min CGM interval: the plasma–liver
-            insulin exchange solved exactly, CGM within about 0.35 mg/dL of a tight
-            adaptive solve up to B = 1.5 (the CGM reports whole mg/dL; its noise is
-            about 10), stable to B ≥ 4, and a Jacobian 1.8× cheaper than with
+            insulin exchange solved exactly, CGM within about 0.5 mg/dL of a tight
+            adaptive solve (the CGM reports whole mg/dL; its noise is about 10),
+            stable to B ≥ 4, and a Jacobian 1.8× cheaper than with
             ``FixedGrid()`` (Bosh3 at 1.25 min, within 0.02 mg/dL, stable to
             B ≈ 1.7; benchmarks/RESULTS.md). A trial point whose steps are
             unstable fails and the optimiser rejects it. None: the adaptive Tsit5

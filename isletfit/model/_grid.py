@@ -101,7 +101,7 @@ class FixedGrid(eqx.Module):
             faster on the CPU; ``benchmarks/grid.py``), or isletfit's
             `ExponentialRK3` (the plasma–liver insulin exchange solved exactly,
             three vector-field evaluations per step; with ``max_step=5.0`` within
-            about 0.3 mg/dL of a tight solve).
+            about 0.5 mg/dL of a tight solve).
         safety: Fraction of the tableau's real stability limit
             (`real_stability_limit`) that $h\lambda_{max}$ may reach, with
             $\lambda_{max}$ of `stable_step`; a window whose steps go beyond it is
