@@ -8,9 +8,19 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+#: Examples whose quick run belongs to the slow suite (about 50 s each on 2 cores;
+#: their full runs are slow tests too: tests/test_fit_calibration.py).
+SLOW = {"calibration_check.py"}
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p
+        for p in EXAMPLES
+    ],
+    ids=[p.name for p in EXAMPLES],
+)
 def test_example_runs_quick(script, tmp_path):
     result = subprocess.run(
         [sys.executable, str(script), "--quick"],
