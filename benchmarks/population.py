@@ -51,8 +51,9 @@ instead of ``--fit-patients`` distinct ones — population fits at sizes whose c
 simulation would take longer than the fit.
 
 Every window (forward, E-steps, fits, baseline) is solved the library's default way,
-with the fused fixed-step loop (``FitModel(grid=FixedGrid())``, `simulate_grid`;
-``--grid`` says so explicitly); ``--adaptive`` uses the adaptive solver
+with the fused fixed-step loop (`FitModel`'s default grid, since 2026-11-29 one
+`ExponentialRK3` step per 5-min CGM interval; `simulate_grid`; ``--grid`` says so
+explicitly); ``--adaptive`` uses the adaptive solver
 (``FitModel(grid=None)``, the default before 2026-11-27) instead. ``fixed_grid`` in the
 figures says which.
 
@@ -61,11 +62,12 @@ np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe
 
 ``--rk35``: every window on ``FixedGrid(max_step=5.0, solver=StabilisedRK35())`` (one
 third-order step of 5 stages per 5-min CGM interval, within 0.35 mg/dL of a tight
-solve) instead of the default four Bosh3 steps, in every fit and probe.
+solve) instead of the default grid, in every fit and probe.
 
 ``--etd``: every window on ``FixedGrid(max_step=5.0, solver=ExponentialRK3())`` (one
 exponential third-order step per 5-min CGM interval, the plasma–liver insulin exchange
-solved exactly; within about 0.5 mg/dL of a tight solve), in every fit and probe.
+solved exactly; within about 0.5 mg/dL of a tight solve), in every fit and probe: the
+fits' default since 2026-11-29, so the flag only makes it explicit.
 
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
@@ -619,13 +621,13 @@ def main() -> None:
         "--rk35",
         action="store_true",
         help="the windows on FixedGrid(max_step=5.0, solver=StabilisedRK35()): one "
-        "step per CGM interval instead of four Bosh3 steps",
+        "5-stage step per CGM interval",
     )
     parser.add_argument(
         "--etd",
         action="store_true",
         help="the windows on FixedGrid(max_step=5.0, solver=ExponentialRK3()): one "
-        "exponential step per CGM interval instead of four Bosh3 steps",
+        "exponential step per CGM interval (the fits' default)",
     )
     parser.add_argument(
         "--log-calls",
