@@ -51,9 +51,8 @@ instead of ``--fit-patients`` distinct ones — population fits at sizes whose c
 simulation would take longer than the fit.
 
 Every window (forward, E-steps, fits, baseline) is solved the library's default way,
-with the fused fixed-step loop (`FitModel`'s default grid, since 2026-11-29 one
-`ExponentialRK3` step per 5-min CGM interval; `simulate_grid`; ``--grid`` says so
-explicitly); ``--adaptive`` uses the adaptive solver
+with the fused fixed-step loop (``FitModel(grid=FixedGrid())``, `simulate_grid`;
+``--grid`` says so explicitly); ``--adaptive`` uses the adaptive solver
 (``FitModel(grid=None)``, the default before 2026-11-27) instead. ``fixed_grid`` in the
 figures says which.
 
@@ -66,8 +65,8 @@ solve) instead of the default grid, in every fit and probe.
 
 ``--etd``: every window on ``FixedGrid(max_step=5.0, solver=ExponentialRK3())`` (one
 exponential third-order step per 5-min CGM interval, the plasma–liver insulin exchange
-solved exactly; within about 0.5 mg/dL of a tight solve), in every fit and probe: the
-fits' default since 2026-11-29, so the flag only makes it explicit.
+solved exactly; within about 0.5 mg/dL of a tight solve; ``EXPONENTIAL_GRID``)
+instead of the default four Bosh3 steps, in every fit and probe.
 
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
@@ -627,7 +626,7 @@ def main() -> None:
         "--etd",
         action="store_true",
         help="the windows on FixedGrid(max_step=5.0, solver=ExponentialRK3()): one "
-        "exponential step per CGM interval (the fits' default)",
+        "exponential step per CGM interval instead of four Bosh3 steps",
     )
     parser.add_argument(
         "--log-calls",

@@ -437,8 +437,7 @@ def _add_fit(sub) -> None:
         "--adaptive",
         action="store_true",
         help="integrate the day-windows with the adaptive solver instead of the fixed "
-        "grid (3-4.5x slower; the grid is within about 0.5 mg/dL of it and stable to "
-        "B of 4)",
+        "grid (slower; for B above ~1.7, where the grid's steps are unstable)",
     )
     p.add_argument("--starts", type=int, default=2, help="starting points per patient")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting points")

@@ -233,15 +233,11 @@ def test_fit_model_refuses_a_tolerance_the_grid_would_ignore():
 @pytest.mark.slow
 def test_fixed_grid_fits_agree_with_the_adaptive_fit(tmp_path):
     """Solver agreement where it matters: the graft estimate of a whole fit, with the
-    fits' default grid (one `ExponentialRK3` step per 5 min) and with Bosh3 at 1.25
-    min."""
-    from isletfit.fitting import FitModel, fit_patient
-    from isletfit.fitting._config import FIT_GRID
-    from isletfit.model import ExponentialRK3
+    default grid (Bosh3 at 1.25 min) and with one `ExponentialRK3` step per 5 min."""
+    from isletfit.fitting import EXPONENTIAL_GRID, FitModel, fit_patient
 
     from fit_fixtures import REFERENCE, synthetic_patient
 
-    assert isinstance(FitModel().grid.solver, ExponentialRK3)
     patient, _ = synthetic_patient(
         tmp_path / "p.csv", seed=3, blocks=((-7, 2), (60, 2), (120, 1))
     )
@@ -251,16 +247,21 @@ def test_fixed_grid_fits_agree_with_the_adaptive_fit(tmp_path):
     )
     band = np.sqrt(np.diag(np.asarray(adaptive.cov)))
     assert adaptive.converged and float(np.max(band)) > 0.01
-    # the optima differ by far less than the estimates' own uncertainty; the model
-    # CGM by up to 0.02 (Bosh3) and 0.35 mg/dL (ETD3) against an RMSE of about 10
-    for grid, atol, rmse in ((FixedGrid(), 0.02, 1e-3), (FIT_GRID, 0.02, 0.02)):
-        fit = fit_patient(
-            patient, key=jax.random.key(0), model=FitModel(grid=grid), **kw
-        )
-        assert fit.converged
-        np.testing.assert_allclose(fit.log_b, adaptive.log_b, atol=atol)
-        np.testing.assert_allclose(fit.theta, adaptive.theta, atol=atol)
-        assert abs(fit.rmse_mg_dl - adaptive.rmse_mg_dl) < rmse
+    grid = fit_patient(patient, key=jax.random.key(0), **kw)
+    assert grid.converged
+    # the two optima differ by far less than the estimates' own uncertainty
+    np.testing.assert_allclose(grid.log_b, adaptive.log_b, atol=0.02)
+    np.testing.assert_allclose(grid.theta, adaptive.theta, atol=0.02)
+    assert abs(grid.rmse_mg_dl - adaptive.rmse_mg_dl) < 1e-3
+    # 5-min exponential steps (CGM within about 0.5 mg/dL): log B as close, but the
+    # weakly identified log kd moved by 0.068 (measured 2026-11-29)
+    etd = fit_patient(
+        patient, key=jax.random.key(0), model=FitModel(grid=EXPONENTIAL_GRID), **kw
+    )
+    assert etd.converged
+    np.testing.assert_allclose(etd.log_b, adaptive.log_b, atol=0.02)
+    np.testing.assert_allclose(etd.theta, adaptive.theta, atol=0.1)
+    assert abs(etd.rmse_mg_dl - adaptive.rmse_mg_dl) < 0.02
 
 
 def test_a_warm_up_without_steps_is_refused_or_flagged():

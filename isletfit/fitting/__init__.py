@@ -1,5 +1,6 @@
 """Fitting the model to a patient's CGM record: MAP with a Laplace band on B(t)."""
 
+from ._config import EXPONENTIAL_GRID as EXPONENTIAL_GRID
 from ._config import POPULATION_LOG_SD as POPULATION_LOG_SD
 from ._config import FitModel as FitModel
 from ._config import GaussianNoise as GaussianNoise
@@ -37,6 +38,7 @@ from ._visits import visit_summary as visit_summary
 from ._vpc import visual_predictive_check as visual_predictive_check
 
 __all__ = [
+    "EXPONENTIAL_GRID",
     "POPULATION_LOG_SD",
     "Covariate",
     "FisherInformation",
