@@ -7,14 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from test_grid import T0, TIGHT, TS, _inputs
+from test_grid import T0, TS, _inputs, tight_solve
 
 from isletfit.model import (
     ExponentialRK3,
     FixedGrid,
     Params,
     State,
-    simulate,
     simulate_grid,
 )
 from isletfit.model._exponential import exchange_matrix, loop_rate, phi_functions
@@ -134,9 +133,7 @@ def test_the_stability_check_predicts_growth_of_the_linear_block():
 @pytest.mark.parametrize("b", [0.0, 0.8, 1.5])
 def test_one_step_per_cgm_interval_matches_a_tight_solve(b):
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=b, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    )
+    ref = tight_solve(params, b)
     sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=ETD5)
     assert bool(sim.successful)
     # measured 0.22–0.34 mg/dL; the CGM reports whole mg/dL
@@ -149,9 +146,7 @@ def test_one_step_per_cgm_interval_matches_a_tight_solve(b):
 
 def test_error_falls_at_third_order():
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=0.8, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    ).cgm
+    ref = tight_solve(params, 0.8).cgm
     err = []
     for h in (5.0, 2.5, 1.25):
         grid = FixedGrid(max_step=h, solver=ExponentialRK3())

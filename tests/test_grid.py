@@ -37,12 +37,18 @@ TS = jnp.arange(0.0, 1440.0, 5.0)
 T0 = -480.0
 
 
+def tight_solve(params, b, inputs=None):
+    """The test window (`_inputs`, `TS` from `T0`) by an rtol-1e-10 adaptive solve."""
+    inputs = _inputs() if inputs is None else inputs
+    return simulate(
+        params, inputs, TS, b=b, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
+    )
+
+
 @pytest.mark.parametrize("b", [0.0, 0.8])
 def test_grid_matches_a_tight_adaptive_solve(b):
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=b, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    )
+    ref = tight_solve(params, b)
     sim = simulate_grid(params, inputs, TS, b=b, t0=T0)
     assert bool(sim.successful)
     assert sim.state is None
@@ -83,24 +89,14 @@ def test_events_are_not_rounded_to_the_grid():
     params = Params()
     a = simulate_grid(params, _inputs(), TS, b=0.3, t0=T0)
     b = simulate_grid(params, _inputs(shift=40.0 / 60.0), TS, b=0.3, t0=T0)
-    ref = simulate(
-        params,
-        _inputs(shift=40.0 / 60.0),
-        TS,
-        b=0.3,
-        t0=T0,
-        stepsize_controller=TIGHT,
-        max_steps=2**18,
-    )
+    ref = tight_solve(params, 0.3, _inputs(shift=40.0 / 60.0))
     assert float(jnp.max(jnp.abs(a.cgm - b.cgm))) > 0.1
     np.testing.assert_allclose(b.cgm, ref.cgm, atol=0.02)
 
 
 def test_error_falls_with_the_step_at_the_methods_order():
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=0.5, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    ).cgm
+    ref = tight_solve(params, 0.5).cgm
     err = []
     for h in (2.0, 1.0, 0.5):
         sim = simulate_grid(

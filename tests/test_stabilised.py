@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_grid import T0, TIGHT, TS, _inputs
+from test_grid import T0, TS, _inputs, tight_solve
 
 from isletfit.model import (
     FixedGrid,
@@ -75,9 +75,7 @@ def test_fixed_steps_converge_at_third_order(method, _):
 def test_one_step_per_cgm_interval_matches_a_tight_solve(b):
     """RK35 with 5-min steps (a quarter of Bosh3's steps) stays within 0.4 mg/dL."""
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=b, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    )
+    ref = tight_solve(params, b)
     sim = simulate_grid(params, inputs, TS, b=b, t0=T0, grid=RK35_GRID)
     assert bool(sim.successful)
     # CGM readings are whole mg/dL with ~8 mg/dL sensor noise
@@ -100,9 +98,7 @@ def test_steps_beyond_the_stability_interval_are_reported():
 def test_adaptive_use_with_diffrax():
     """The embedded error estimate drives diffrax's controller like any ERK."""
     params, inputs = Params(), _inputs()
-    ref = simulate(
-        params, inputs, TS, b=0.5, t0=T0, stepsize_controller=TIGHT, max_steps=2**18
-    )
+    ref = tight_solve(params, 0.5)
     sim = simulate(
         params,
         inputs,
