@@ -14,7 +14,9 @@ meal/bolus record, for whole 1-day and 14-day windows. Variants:
   10.5) with one 5-min step per CGM interval, float64 (a quarter of the steps);
 - ``grid_rk34``: `StabilisedRK34` (4 stages, interval 6.0) with 2.5-min steps;
 - ``grid_etd``: `ExponentialRK3` (third-order exponential Runge–Kutta, the plasma–liver
-  insulin exchange solved exactly) with one 5-min step per CGM interval, float64;
+  insulin exchange, gut absorption and sensor lag solved exactly) with one 5-min step
+  per CGM interval, float64;
+- ``grid_etd4``: `ExponentialRK4` (the same, fourth order, one more stage);
 - ``grid_bosh3``: the default grid written out (for ``--variants`` lists);
 
 and, in the same process and on the same patients (the first ``--baseline-n`` of the
@@ -52,6 +54,7 @@ from simulate import cohort, isletfit_runner, naive_runner  # noqa: E402
 
 from isletfit.model import (  # noqa: E402
     ExponentialRK3,
+    ExponentialRK4,
     FixedGrid,
     StabilisedRK34,
     StabilisedRK35,
@@ -157,11 +160,12 @@ def main() -> None:
         "grid_rk34": (FixedGrid(max_step=2.5, solver=StabilisedRK34()), jnp.float64),
         "grid_rk35": (FixedGrid(max_step=5.0, solver=StabilisedRK35()), jnp.float64),
         "grid_etd": (FixedGrid(max_step=5.0, solver=ExponentialRK3()), jnp.float64),
+        "grid_etd4": (FixedGrid(max_step=5.0, solver=ExponentialRK4()), jnp.float64),
     }
     names = args.variants or (
-        "grid,grid_rk35,grid_etd"
+        "grid,grid_rk35,grid_etd,grid_etd4"
         if args.quick
-        else "grid,grid_f32,grid_tsit5,grid_rk35,grid_etd"
+        else "grid,grid_f32,grid_tsit5,grid_rk35,grid_etd,grid_etd4"
     )
     variants = {k: all_variants[k] for k in names.split(",")}
     figures: dict = {f"machine_{k}": v for k, v in machine().items()}

@@ -63,10 +63,10 @@ np.dtype("float32"))``; residuals and cost stay float64), in every fit and probe
 third-order step of 5 stages per 5-min CGM interval, within 0.35 mg/dL of a tight
 solve) instead of the default grid, in every fit and probe.
 
-``--etd``: every window on ``FixedGrid(max_step=5.0, solver=ExponentialRK3())`` (one
-exponential third-order step per 5-min CGM interval, the plasma–liver insulin exchange
-solved exactly; within about 0.5 mg/dL of a tight solve; ``EXPONENTIAL_GRID``)
-instead of the default four Bosh3 steps, in every fit and probe.
+``--bosh3``: every window on ``FixedGrid()`` (four Bosh3 steps per 5-min CGM interval,
+within 0.02 mg/dL of a tight solve; the fits' default before 2026-11-29) instead of
+the default ``EXPONENTIAL_GRID`` (one `ExponentialRK4` step per interval, within about
+0.1 mg/dL), in every fit and probe.
 
 ``--no-line-search``: the optimiser of every E-step and baseline fit without its line
 search after rejected steps (`LevenbergMarquardt.line_search`), for comparison.
@@ -224,7 +224,7 @@ def _model():
 
     The adaptive solver with ``--adaptive``, float32 tangents with
     ``--float32-jacobians``, one `StabilisedRK35` step per 5-min CGM interval with
-    ``--rk35``, one `ExponentialRK3` step per interval with ``--etd``.
+    ``--rk35``, four Bosh3 steps per interval with ``--bosh3``.
     """
     from isletfit.fitting import FitModel
 
@@ -237,10 +237,10 @@ def _model():
         from isletfit.model import FixedGrid, StabilisedRK35
 
         kw["grid"] = FixedGrid(max_step=5.0, solver=StabilisedRK35())
-    if os.environ.get("ISLETFIT_BENCH_ETD") == "1":
-        from isletfit.model import ExponentialRK3, FixedGrid
+    if os.environ.get("ISLETFIT_BENCH_BOSH3") == "1":
+        from isletfit.model import FixedGrid
 
-        kw["grid"] = FixedGrid(max_step=5.0, solver=ExponentialRK3())
+        kw["grid"] = FixedGrid()
     return FitModel(**kw)
 
 
@@ -623,10 +623,10 @@ def main() -> None:
         "5-stage step per CGM interval",
     )
     parser.add_argument(
-        "--etd",
+        "--bosh3",
         action="store_true",
-        help="the windows on FixedGrid(max_step=5.0, solver=ExponentialRK3()): one "
-        "exponential step per CGM interval instead of four Bosh3 steps",
+        help="the windows on FixedGrid(): four Bosh3 steps per CGM interval instead "
+        "of one ExponentialRK4 step (the default before 2026-11-29)",
     )
     parser.add_argument(
         "--log-calls",
@@ -637,16 +637,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.adaptive and args.grid:
         parser.error("--grid and --adaptive exclude each other")
-    if sum((args.adaptive, args.rk35, args.etd)) > 1:
-        parser.error("--adaptive, --rk35 and --etd exclude each other")
+    if sum((args.adaptive, args.rk35, args.bosh3)) > 1:
+        parser.error("--adaptive, --rk35 and --bosh3 exclude each other")
     if args.adaptive:
         os.environ["ISLETFIT_BENCH_ADAPTIVE"] = "1"
     if args.float32_jacobians:
         os.environ["ISLETFIT_BENCH_F32_JACOBIANS"] = "1"
     if args.rk35:
         os.environ["ISLETFIT_BENCH_RK35"] = "1"
-    if args.etd:
-        os.environ["ISLETFIT_BENCH_ETD"] = "1"
+    if args.bosh3:
+        os.environ["ISLETFIT_BENCH_BOSH3"] = "1"
     if args.patient_devices:
         jax.config.update("jax_num_cpu_devices", args.patient_devices)
     _x64()
@@ -674,7 +674,7 @@ def main() -> None:
         fixed_grid=not args.adaptive,
         float32_jacobians=args.float32_jacobians,
         rk35=args.rk35,
-        etd=args.etd,
+        bosh3=args.bosh3,
         visits=2 if quick else len(VISITS),
         days_per_visit=1 if quick else 14,
         chunk_size=args.chunk_size,

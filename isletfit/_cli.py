@@ -437,7 +437,8 @@ def _add_fit(sub) -> None:
         "--adaptive",
         action="store_true",
         help="integrate the day-windows with the adaptive solver instead of the fixed "
-        "grid (slower; for B above ~1.7, where the grid's steps are unstable)",
+        "grid (several times slower; for B above ~10, where the grid's steps are "
+        "unstable, or to check the grid)",
     )
     p.add_argument("--starts", type=int, default=2, help="starting points per patient")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting points")

@@ -229,8 +229,8 @@ def test_fit_model_refuses_a_tolerance_the_grid_would_ignore():
 @pytest.mark.slow
 def test_fixed_grid_fits_agree_with_the_adaptive_fit(tmp_path):
     """Solver agreement where it matters: the graft estimate of a whole fit, with the
-    default grid (Bosh3 at 1.25 min) and with one `ExponentialRK3` step per 5 min."""
-    from isletfit.fitting import EXPONENTIAL_GRID, FitModel, fit_patient
+    default grid (one `ExponentialRK4` step per 5 min) and with Bosh3 at 1.25 min."""
+    from isletfit.fitting import FitModel, fit_patient
 
     from fit_fixtures import REFERENCE, synthetic_patient
 
@@ -243,21 +243,15 @@ def test_fixed_grid_fits_agree_with_the_adaptive_fit(tmp_path):
     )
     band = np.sqrt(np.diag(np.asarray(adaptive.cov)))
     assert adaptive.converged and float(np.max(band)) > 0.01
-    grid = fit_patient(patient, key=jax.random.key(0), **kw)
-    assert grid.converged
-    # the two optima differ by far less than the estimates' own uncertainty
-    np.testing.assert_allclose(grid.log_b, adaptive.log_b, atol=0.02)
-    np.testing.assert_allclose(grid.theta, adaptive.theta, atol=0.02)
-    assert abs(grid.rmse_mg_dl - adaptive.rmse_mg_dl) < 1e-3
-    # 5-min exponential steps (CGM within about 0.5 mg/dL): log B as close, but the
-    # weakly identified log kd moved by 0.068 (measured 2026-11-29)
-    etd = fit_patient(
-        patient, key=jax.random.key(0), model=FitModel(grid=EXPONENTIAL_GRID), **kw
-    )
-    assert etd.converged
-    np.testing.assert_allclose(etd.log_b, adaptive.log_b, atol=0.02)
-    np.testing.assert_allclose(etd.theta, adaptive.theta, atol=0.1)
-    assert abs(etd.rmse_mg_dl - adaptive.rmse_mg_dl) < 0.02
+    # the optima differ by far less than the estimates' own uncertainty (measured:
+    # log kd 0.014 off with 5-min ETDRK4 steps, CGM within about 0.1 mg/dL; with
+    # 5-min ETD3RK steps, 0.3–0.5 mg/dL, log kd moved by 0.62)
+    for model in (FitModel(), FitModel(grid=FixedGrid())):
+        grid = fit_patient(patient, key=jax.random.key(0), model=model, **kw)
+        assert grid.converged
+        np.testing.assert_allclose(grid.log_b, adaptive.log_b, atol=0.02)
+        np.testing.assert_allclose(grid.theta, adaptive.theta, atol=0.02)
+        assert abs(grid.rmse_mg_dl - adaptive.rmse_mg_dl) < 1e-3
 
 
 def test_a_warm_up_without_steps_is_refused_or_flagged():

@@ -7,7 +7,7 @@ import dataclasses
 import equinox as eqx
 import numpy as np
 
-from ..model import ExponentialRK3, FixedGrid, Params
+from ..model import ExponentialRK4, FixedGrid, Params
 
 __all__ = [
     "EXPONENTIAL_GRID",
@@ -166,8 +166,8 @@ class Prior(eqx.Module):
             raise ValueError("Prior.log_sd must be > 0")
 
 
-#: One `ExponentialRK3` step per 5-min CGM interval, for ``FitModel(grid=...)``.
-EXPONENTIAL_GRID = FixedGrid(max_step=5.0, solver=ExponentialRK3())
+#: One `ExponentialRK4` step per 5-min CGM interval: the fits' default grid.
+EXPONENTIAL_GRID = FixedGrid(max_step=5.0, solver=ExponentialRK4())
 
 
 class FitModel(eqx.Module):
@@ -193,21 +193,17 @@ class FitModel(eqx.Module):
             plain Laplace approximation.
         rtol: Relative (and absolute) tolerance of the adaptive ODE solver (with
             ``grid=None``).
-        grid: How each day-window is integrated: a `FixedGrid` (default) runs fixed
-            steps on a grid holding every input event in one fused loop
-            (`simulate_grid`): 3–4.5× faster fits on the CPU than the adaptive solver
-            and the only way that fills a GPU, with CGM within a few hundredths of a
-            mg/dL of a tight adaptive solve (benchmarks/grid.py). Its steps are stable
-            up to B ≈ 1.7 (170 % of a healthy adult's capacity); a trial point beyond
-            fails and the optimiser rejects it, so B estimates stay below that (use a
-            smaller ``FixedGrid(max_step=...)`` for more). `EXPONENTIAL_GRID`, one
-            `ExponentialRK3` step per 5-min CGM interval (within about 0.5 mg/dL,
-            stable to B ≥ 4), makes a Jacobian 1.9× cheaper and the 64-patient
-            population fit of the benchmark 1.8× faster, but at 5-min steps weakly
-            identified parameters move by up to 0.07 on the log scale against the
-            adaptive fit and a tightly solved population EM on 4 patients wandered
-            instead of converging (at 2.5-min steps it converged as with Bosh3;
-            benchmarks/RESULTS.md): not the default until that is understood. None:
+        grid: How each day-window is integrated: a `FixedGrid` runs fixed steps on a
+            grid holding every input event in one fused loop (`simulate_grid`), 3–8×
+            faster fits on the CPU than the adaptive solver and the only way that
+            fills a GPU. The default, `EXPONENTIAL_GRID`, takes one `ExponentialRK4`
+            step per 5-min CGM interval (the insulin exchange, gut absorption and
+            sensor lag solved exactly): CGM within about 0.1 mg/dL of a tight
+            adaptive solve, a patient's fit within 0.02 of the adaptive fit in every
+            log parameter, stable to B ≥ 10, and a Jacobian about 1.8× cheaper than
+            with ``FixedGrid()`` (Bosh3 at 1.25 min: within 0.02 mg/dL, stable to
+            B ≈ 1.7, the default before 2026-11-29; benchmarks/RESULTS.md). A trial
+            point whose steps are unstable fails and the optimiser rejects it. None:
             the adaptive Tsit5 solver with tolerance ``rtol`` and at most
             ``max_steps`` steps.
         jacobian_dtype: Precision of the forward-mode tangents of the ODE solves,
@@ -238,7 +234,7 @@ class FitModel(eqx.Module):
     sensor_change_gap_min: float = 100.0
     robust_band: bool = True
     rtol: float = 1e-5
-    grid: FixedGrid | None = FixedGrid()
+    grid: FixedGrid | None = EXPONENTIAL_GRID
     jacobian_dtype: np.dtype | None = None
     max_steps: int = 4096
     noise: GaussianNoise | StudentTNoise = GaussianNoise()

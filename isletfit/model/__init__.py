@@ -12,6 +12,7 @@ Slow subsystem (days): graft functional capacity B(t) (`MechanisticGraft`,
 """
 
 from ._exponential import ExponentialRK3 as ExponentialRK3
+from ._exponential import ExponentialRK4 as ExponentialRK4
 from ._followup import MIN_PER_DAY as MIN_PER_DAY
 from ._followup import day_windows as day_windows
 from ._followup import simulate_followup as simulate_followup
@@ -54,6 +55,7 @@ __all__ = [
     "AbstractGlucoseFeedback",
     "AbstractGraft",
     "ExponentialRK3",
+    "ExponentialRK4",
     "FastModelGlucose",
     "FixedGrid",
     "FlexibleGraft",

@@ -24,7 +24,8 @@ derivative is that of the computed discretisation.
 
 Accuracy and stability: explicit steps must stay inside the method's stability region,
 $h\lambda_{max} \le$ `FixedGrid.max_h_lambda` with $\lambda_{max}$ of `stable_step`
-(for `ExponentialRK3`, which solves the fastest mode exactly, its own `stable`); a
+(for `ExponentialRK4` and `ExponentialRK3`, which solve the fastest modes exactly,
+their own `stable`); a
 window whose grid is coarser is returned as failed (``diffrax.RESULTS.breakdown``)
 instead of with an unstable answer. The error against a tight adaptive solve is measured in
 ``tests/test_grid.py`` and ``benchmarks/grid.py``.
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Float
-from ._exponential import ExponentialRK3
+from ._exponential import ExponentialRK3, ExponentialRK4, _ExponentialRK
 from ._inputs import Inputs, Schedule
 from ._params import Params
 from ._physiology import vector_field
@@ -99,24 +100,25 @@ class FixedGrid(eqx.Module):
             `StabilisedRK35` (stable for 4× longer steps: with ``max_step=5.0`` one
             step per CGM interval, within 0.35 mg/dL of a tight solve and 1.4–2.6×
             faster on the CPU; ``benchmarks/grid.py``), or isletfit's
-            `ExponentialRK3` (the plasma–liver insulin exchange solved exactly,
-            three vector-field evaluations per step; with ``max_step=5.0`` within
-            about 0.5 mg/dL of a tight solve).
+            `ExponentialRK4` (the plasma–liver insulin exchange, gut absorption and
+            sensor lag solved exactly, four vector-field evaluations per step; with
+            ``max_step=5.0`` within about 0.2 mg/dL of a tight solve) or
+            `ExponentialRK3` (three evaluations, about 0.5 mg/dL).
         safety: Fraction of the tableau's real stability limit
             (`real_stability_limit`) that $h\lambda_{max}$ may reach, with
             $\lambda_{max}$ of `stable_step`; a window whose steps go beyond it is
             marked failed. With the defaults this allows $\lambda_{max}$ up to
             1.8/min, i.e. B up to about 1.7 with the reference parameters (λ grows with
             B through the first-phase loop: 0.90/min at B = 0, 1.35/min at B = 1).
-            With `ExponentialRK3`, the check of `ExponentialRK3.stable` must also
-            hold at steps ``1/safety`` times longer.
+            With an exponential method its own check (`ExponentialRK4.stable`) must
+            also hold at steps ``1/safety`` times longer.
         unroll: Steps per iteration of the compiled loop (``lax.scan(unroll=...)``):
             fewer loop iterations, larger fused kernels; the result is the same. Worth
             raising on GPUs, where each iteration costs a kernel launch.
     """
 
     max_step: float = 1.25
-    solver: dfx.AbstractERK | ExponentialRK3 = dfx.Bosh3()
+    solver: dfx.AbstractERK | ExponentialRK4 | ExponentialRK3 = dfx.Bosh3()
     safety: float = 0.9
     unroll: int = 1
 
@@ -125,10 +127,11 @@ class FixedGrid(eqx.Module):
             raise ValueError(
                 f"FixedGrid.max_step must be > 0 [min], got {self.max_step}"
             )
-        if not isinstance(self.solver, (dfx.AbstractERK, ExponentialRK3)):
+        if not isinstance(self.solver, (dfx.AbstractERK, _ExponentialRK)):
             raise TypeError(
                 "FixedGrid.solver must be an explicit Runge–Kutta solver of diffrax "
-                "(e.g. diffrax.Bosh3()) or isletfit's ExponentialRK3, got "
+                "(e.g. diffrax.Bosh3()) or isletfit's ExponentialRK4 or ExponentialRK3, "
+                "got "
                 f"{type(self.solver).__name__}"
             )
         if not (isinstance(self.unroll, int) and self.unroll >= 1):
@@ -139,16 +142,17 @@ class FixedGrid(eqx.Module):
     @property
     def max_h_lambda(self) -> float:
         r"""Largest $h\lambda_{max}$ accepted [-] (explicit Runge–Kutta solvers)."""
-        if isinstance(self.solver, ExponentialRK3):
+        if isinstance(self.solver, _ExponentialRK):
             raise TypeError(
-                "FixedGrid.max_h_lambda: ExponentialRK3 has no single stability "
+                f"FixedGrid.max_h_lambda: {type(self.solver).__name__} has no single "
+                "stability "
                 "limit; see FixedGrid.stable"
             )
         return self.safety * real_stability_limit(self.solver.tableau)
 
     def stable(self, params: Params, b, h) -> Array:
         """Whether steps of ``h`` [min] are stable at graft capacity ``b`` [-]."""
-        if isinstance(self.solver, ExponentialRK3):
+        if isinstance(self.solver, _ExponentialRK):
             return self.solver.stable(params, b, h) & self.solver.stable(
                 params, b, h / self.safety
             )
@@ -156,7 +160,7 @@ class FixedGrid(eqx.Module):
 
     def step(self, field, t, h, y: State, args, *, params: Params, b) -> State:
         """One step of length ``h`` [min] of ``field(t, y, args)`` at capacity ``b``."""
-        if isinstance(self.solver, ExponentialRK3):
+        if isinstance(self.solver, _ExponentialRK):
             return self.solver.step(field, t, h, y, args, params=params, b=b)
         return _rk_step(self.solver.tableau, field, t, h, y, args)
 
