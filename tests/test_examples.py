@@ -9,8 +9,9 @@ import pytest
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 #: Examples whose quick run belongs to the slow suite (about 50 s each on 2 cores;
-#: their full runs are slow tests too: tests/test_fit_calibration.py).
-SLOW = {"calibration_check.py"}
+#: what they compute is tested by tests/test_fit_calibration.py, a slow test, and
+#: tests/test_identifiability.py).
+SLOW = {"calibration_check.py", "identifiability.py"}
 
 
 @pytest.mark.parametrize(

@@ -523,11 +523,13 @@ def test_cgm_error_reaches_the_fixed_point_of_its_re_estimate(data, monkeypatch)
 
     The secant updates bring (σ, φ) to the fixed point of the re-estimate from the
     MAP's residuals; the plain re-estimate (secant disabled) reaches the same point,
-    more slowly.
+    more slowly. Compared after 3 rounds (measured: largest log-σ gap 0.0021 with the
+    secant, 0.0076 without); after 4 both are at the E-steps' own noise, about 1e-3,
+    where either can be ahead.
     """
     patients, sheet = data
     kwargs = dict(sheet=sheet, key=jax.random.key(SEED), starts=1, tol=0.0)
-    kwargs.update(tol_se=0.0, e_step_iterations=None, max_rounds=4)
+    kwargs.update(tol_se=0.0, e_step_iterations=None, max_rounds=3)
     fast = fit_population(patients, **kwargs)
     gap_fast = _noise_gap(fast)
     assert np.all(gap_fast[:, 0] < 0.005) and np.all(gap_fast[:, 1] < 0.005), gap_fast
