@@ -25,10 +25,10 @@ derivative is that of the computed discretisation.
 Accuracy and stability: explicit steps must stay inside the method's stability region,
 $h\lambda_{max} \le$ `FixedGrid.max_h_lambda` with $\lambda_{max}$ of `stable_step`
 (for `ExponentialRK4` and `ExponentialRK3`, which solve the fastest modes exactly,
-their own `stable`); a
-window whose grid is coarser is returned as failed (``diffrax.RESULTS.breakdown``)
-instead of with an unstable answer. The error against a tight adaptive solve is measured in
-``tests/test_grid.py`` and ``benchmarks/grid.py``.
+their own `stable`); a window whose grid is coarser is returned as failed
+(``diffrax.RESULTS.breakdown``) instead of with an unstable answer. The error against
+a tight adaptive solve is measured in ``tests/test_grid.py``,
+``tests/test_exponential.py`` and ``benchmarks/grid.py``.
 """
 
 from __future__ import annotations
