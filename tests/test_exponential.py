@@ -17,7 +17,12 @@ from isletfit.model import (
     State,
     simulate_grid,
 )
-from isletfit.model._exponential import exchange_matrix, loop_rate, phi_functions
+from isletfit.model._exponential import (
+    _AT_ZERO,
+    exchange_matrix,
+    loop_rate,
+    phi_functions,
+)
 
 ETD5 = FixedGrid(max_step=5.0, solver=ExponentialRK3())
 ETD4 = FixedGrid(max_step=5.0, solver=ExponentialRK4())
@@ -55,6 +60,8 @@ def test_phi_functions_limits_and_identities():
     expected.update(fu=1 / 6, fa=2 / 3, fb=1 / 6)  # Kutta's RK3 weights
     for name, value in expected.items():
         assert float(zero[name]) == pytest.approx(value, rel=1e-15)
+        assert _AT_ZERO[name] == pytest.approx(value, rel=1e-15)  # the explicit weights
+    assert set(_AT_ZERO) == set(zero)
     # f_u + f_a + f_b = φ1: a constant N is integrated exactly
     z = jnp.linspace(-8.0, 2.0, 41)
     f = phi_functions(z)

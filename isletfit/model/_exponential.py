@@ -91,6 +91,16 @@ _RK4_LIMIT = 2.785293563405282
 #: Below this |z| the φ-functions are summed as power series (12 terms: truncation
 #: below 1e-14 relative).
 _SERIES_BELOW = 0.5
+#: The φ-functions at z = 0 (`phi_functions`): where L = 0 the stages weigh N by these.
+_AT_ZERO = {
+    "exp_half": 1.0,
+    "exp": 1.0,
+    "phi1_half": 1.0,
+    "phi1": 1.0,
+    "fu": 1.0 / 6.0,
+    "fa": 2.0 / 3.0,
+    "fb": 1.0 / 6.0,
+}
 _TERMS = 12
 
 
@@ -370,16 +380,14 @@ class ExponentialRK3(_ExponentialRK):
         # where L = 0 the weights are the z -> 0 limits (φ1 -> 1; f_u, f_a, f_b ->
         # 1/6, 2/3, 1/6): Kutta's third-order method
         n_u = nonlinear(t, y)
-        a = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, 0.5, n_u)])
+        a = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, n_u)])
         n_a = nonlinear(t + 0.5 * h, a)
-        b = _advance(
-            y, h, lin, "exp", [("phi1", 2.0, 2.0, n_a), ("phi1", -1.0, -1.0, n_u)]
-        )
+        b = _advance(y, h, lin, "exp", [("phi1", 2.0, n_a), ("phi1", -1.0, n_u)])
         n_b = nonlinear(t + h, b)
         terms = [
-            ("fu", 1.0, 1.0 / 6.0, n_u),
-            ("fa", 1.0, 4.0 / 6.0, n_a),
-            ("fb", 1.0, 1.0 / 6.0, n_b),
+            ("fu", 1.0, n_u),
+            ("fa", 1.0, n_a),
+            ("fb", 1.0, n_b),
         ]
         return _advance(y, h, lin, "exp", terms)
 
@@ -427,23 +435,23 @@ class ExponentialRK4(_ExponentialRK):
 
     def _stages(self, t, h, y, lin, nonlinear):
         n_u = nonlinear(t, y)
-        a = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, 0.5, n_u)])
+        a = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, n_u)])
         n_a = nonlinear(t + 0.5 * h, a)
-        b = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, 0.5, n_a)])
+        b = _advance(y, h, lin, "exp_half", [("phi1_half", 0.5, n_a)])
         n_b = nonlinear(t + 0.5 * h, b)
         c = _advance(
             a,
             h,
             lin,
             "exp_half",
-            [("phi1_half", 1.0, 1.0, n_b), ("phi1_half", -0.5, -0.5, n_u)],
+            [("phi1_half", 1.0, n_b), ("phi1_half", -0.5, n_u)],
         )
         n_c = nonlinear(t + h, c)
         n_ab = jax.tree.map(jnp.add, n_a, n_b)
         terms = [
-            ("fu", 1.0, 1.0 / 6.0, n_u),
-            ("fa", 0.5, 1.0 / 3.0, n_ab),
-            ("fb", 1.0, 1.0 / 6.0, n_c),
+            ("fu", 1.0, n_u),
+            ("fa", 0.5, n_ab),
+            ("fb", 1.0, n_c),
         ]
         return _advance(y, h, lin, "exp", terms)
 
@@ -498,11 +506,11 @@ class _Linear(NamedTuple):
 
 
 def _advance(y: State, h, lin: _Linear, linear: str, terms) -> State:
-    """One stage of ETD3RK.
+    """One stage of an exponential Runge–Kutta method.
 
     On the insulin block v = (ip, il): g(hL) v + h Σ c_i g_i(hL) N_i; on the gut and
-    the sensor the same with the scalars g(-h r); elsewhere y + h Σ w_i N_i.
-    ``terms`` holds (g_i, c_i, w_i, N_i).
+    the sensor the same with the scalars g(-h r); elsewhere, where L = 0, the same
+    with every function at 0: y + h Σ c_i g_i(0) N_i. ``terms`` holds (g_i, c_i, N_i).
     """
 
     def apply(name, v):  # g(hL) v = α v + β L v
@@ -513,18 +521,17 @@ def _advance(y: State, h, lin: _Linear, linear: str, terms) -> State:
     def decay(state):
         g = lin.decay[state]
         return g[linear] * getattr(y, state) + h * sum(
-            c * g[name] * getattr(n, state) for name, c, _, n in terms
+            c * g[name] * getattr(n, state) for name, c, n in terms
         )
 
     parts = [apply(linear, (y.ip, y.il))] + [
-        apply(name, (h * c * n.ip, h * c * n.il)) for name, c, _, n in terms
+        apply(name, (h * c * n.ip, h * c * n.il)) for name, c, n in terms
     ]
     ip = sum(q[0] for q in parts)
     il = sum(q[1] for q in parts)
+    weights = [c * _AT_ZERO[name] for name, c, _ in terms]
     rest = jax.tree.map(
-        lambda y0, *ns: (
-            y0 + h * sum(w * k for (_, _, w, _), k in zip(terms, ns, strict=True))
-        ),
+        lambda y0, *ns: y0 + h * sum(w * k for w, k in zip(weights, ns, strict=True)),
         y,
         *[n for *_, n in terms],
     )
